@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Build the zx-demo sample packages deterministically. TEST-ONLY: never ship these.
+
+Images come from a seeded generator and keys from firmware-samples/keys/ (created on the
+first run, then committed), so running this script again reproduces every file byte for byte;
+a test checks that. Usage: python firmware-samples/build.py [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from zflash.package import keys as keymod  # noqa: E402
+from zflash.package.reader import Package  # noqa: E402
+from zflash.package.writer import PackageInfo, PartitionSource, build_package  # noqa: E402
+
+BUILD_TIME = 1_767_225_600  # 2026-01-01T00:00:00Z, fixed for reproducibility
+SIGNING_KEY = HERE / "keys" / "zx-demo-TEST-ONLY-signing.pem"
+UNTRUSTED_KEY = HERE / "keys" / "zx-demo-TEST-ONLY-untrusted.pem"
+
+BASE = PackageInfo(product="zx-demo", hardware_revisions=("A01", "A02"),
+                   baseband_ids=("ZXB-100",), version="1.1.0", rollback_index=2,
+                   rollback_location=0, build_time=BUILD_TIME)
+LAYOUT = (("boot", True), ("system", True), ("vendor", True), ("logo", False))
+
+
+def make_image(name: str, version: str, size: int) -> bytes:
+    """Seeded content with the mix real images have: code, text, zero runs, fill."""
+    rng = random.Random(f"{name}-{version}")
+    out = bytearray()
+    text = (f"zx-demo {name} {version} TEST-ONLY sample image. " * 64).encode()
+    while len(out) < size:
+        kind = rng.choice(("random", "text", "zeros", "fill"))
+        length = rng.choice((4096, 16384, 65536))
+        if kind == "random":
+            out += rng.randbytes(length)
+        elif kind == "text":
+            out += (text * (length // len(text) + 1))[:length]
+        elif kind == "zeros":
+            out += bytes(length)
+        else:
+            out += bytes([rng.randrange(256)]) * length
+    return bytes(out[:size])
+
+
+SIZES = {"boot": 96 * 1024, "system": 384 * 1024, "vendor": 160 * 1024, "logo": 40 * 1024 + 123}
+
+
+def ensure_keys() -> None:
+    for path in (SIGNING_KEY, UNTRUSTED_KEY):
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            keymod.write_keypair(keymod.generate("ed25519"), path,
+                                 path.with_name(path.name.removesuffix(".pem") + ".pub.pem"))
+
+
+def write_images(out: Path, version: str, sizes: dict[str, int]) -> list[PartitionSource]:
+    folder = out / "images" / version
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = []
+    for name, slotted in LAYOUT:
+        path = folder / f"{name}.img"
+        path.write_bytes(make_image(name, version, sizes[name]))
+        sources.append(PartitionSource(name, path, slotted))
+    return sources
+
+
+def corrupt_one_block(path: Path) -> None:
+    """Flip one byte inside the first stored block of the payload."""
+    with Package(path) as pkg:
+        first = next(e for p in pkg.manifest.partitions for e in pkg.head.tables[p.name]
+                     if e.stored_size)
+        offset = pkg.head.header.payload_offset + first.stored_offset + first.stored_size // 2
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def build_all(out: Path) -> list[Path]:
+    ensure_keys()
+    signing = keymod.load_private_key(SIGNING_KEY)
+    untrusted = keymod.load_private_key(UNTRUSTED_KEY)
+    good = write_images(out, "1.1.0", SIZES)
+    newer = write_images(out, "1.2.0", SIZES)
+    older = write_images(out, "1.0.0", SIZES)
+    huge = write_images(out, "9.9.9-toolarge", SIZES)
+    with open(huge[1].path, "ab") as system:  # larger than any zx-demo system partition
+        system.truncate(3 * 1024 * 1024)
+    plans = {
+        "zx-demo-1.1.0.zpk": (BASE, good, signing),
+        "zx-demo-1.2.0-newer.zpk": (replace(BASE, version="1.2.0", rollback_index=3), newer,
+                                    signing),
+        "zx-demo-1.0.0-rollback.zpk": (replace(BASE, version="1.0.0", rollback_index=1), older,
+                                       signing),
+        "zx-demo-1.1.0-other-baseband.zpk": (replace(BASE, baseband_ids=("ZXB-200",)), good,
+                                             signing),
+        "zx-demo-1.1.0-too-large.zpk": (replace(BASE, version="9.9.9"), huge, signing),
+        "zx-demo-1.1.0-corrupt-block.zpk": (BASE, good, signing),
+        "zx-demo-1.1.0-untrusted-key.zpk": (BASE, good, untrusted),
+    }
+    written = []
+    for name, (info, sources, key) in plans.items():
+        path = out / name
+        build_package(info, sources, [key], path)
+        if "corrupt" in name:
+            corrupt_one_block(path)
+        written.append(path)
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=HERE)
+    args = parser.parse_args()
+    for path in build_all(args.out):
+        print(f"{path.relative_to(args.out)}  {path.stat().st_size} bytes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""The zflash command line: parse options, call the library, render the result.
+
+Results go to stdout (a table, or JSON with --json); progress and diagnostics go to stderr.
+Every failure ends as a coded error with its meaning and fix, and the exit status is
+``code - 9000``; a traceback is never the answer to bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, NoReturn
+
+import click
+
+from zflash import __version__
+from zflash.errors import TABLE, Code, ZflashError, lookup
+from zflash.package import keys as keymod
+from zflash.package.format import DEFAULT_BLOCK_SIZE, KIND_NAMES, Manifest
+from zflash.package.reader import Package
+from zflash.package.recipe import load_recipe
+from zflash.package.writer import CODECS, PackageInfo, PartitionSource, build_package
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, sort_keys=True))
+
+
+def fail(error: ZflashError, as_json: bool = False) -> NoReturn:
+    """Report a coded error on stderr (and stdout as JSON when asked) and exit."""
+    info = error.info
+    if as_json:
+        emit_json({"event": "error", **error.to_dict()})
+    click.echo(f"error {info.code}: {info.meaning}", err=True)
+    if error.detail:
+        click.echo(f"  {error.detail}", err=True)
+    click.echo(f"  fix: {info.fix}", err=True)
+    sys.exit(info.exit_status)
+
+
+class ZflashGroup(click.Group):
+    """Turns every escape from a command into a coded error instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        as_json = "--json" in ctx.args or "--json" in sys.argv[1:]
+        try:
+            return super().invoke(ctx)
+        except ZflashError as exc:
+            fail(exc, as_json)
+        except KeyboardInterrupt:
+            fail(ZflashError(Code.INTERRUPTED), as_json)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if os.environ.get("ZFLASH_DEBUG"):
+                raise
+            fail(ZflashError(Code.INTERNAL, f"{type(exc).__name__}: {exc}"), as_json)
+
+
+@click.group(cls=ZflashGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="zflash")
+def main() -> None:
+    """zflash: flash signed firmware into devices in download mode."""
+
+
+# ---------------------------------------------------------------------------------- errors
+@main.command("errors")
+@click.argument("code", required=False, type=int)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per entry.")
+def errors_cmd(code: int | None, as_json: bool) -> None:
+    """Print the error table, or the entry for CODE."""
+    if code is not None and code not in TABLE:
+        raise ZflashError(Code.USAGE, f"no error {code}; `zflash errors` lists them all")
+    rows = [TABLE[code]] if code is not None else list(TABLE.values())
+    for info in rows:
+        if as_json:
+            emit_json({"code": info.code, "exit_status": info.exit_status,
+                       "meaning": info.meaning, "fix": info.fix})
+        else:
+            click.echo(f"{info.code}  exit {info.exit_status:<3} {info.meaning}")
+            click.echo(f"      fix: {info.fix}")
+
+
+# ---------------------------------------------------------------------------------- keygen
+@main.command()
+@click.option("--algorithm", "-a", type=click.Choice(keymod.ALGORITHMS), default="ed25519",
+              show_default=True)
+@click.option("--rsa-bits", type=int, default=keymod.MIN_RSA_BITS, show_default=True)
+@click.option("--out", "-o", "out", type=click.Path(path_type=Path), required=True,
+              help="Private key path; the public key goes to OUT.pub.pem.")
+@click.option("--force", is_flag=True, help="Overwrite existing key files.")
+@click.option("--json", "as_json", is_flag=True)
+def keygen(algorithm: str, rsa_bits: int, out: Path, force: bool, as_json: bool) -> None:
+    """Make a signing key pair (private key written with mode 0600)."""
+    key = keymod.generate(algorithm, rsa_bits)
+    public = out.with_name(out.name.removesuffix(".pem") + ".pub.pem")
+    keymod.write_keypair(key, out, public, force)
+    kid = keymod.key_id(key).hex()
+    if as_json:
+        emit_json({"private": str(out), "public": str(public), "algorithm": algorithm,
+                   "key_id": kid})
+    else:
+        click.echo(f"private key: {out} (mode 0600, keep it secret)")
+        click.echo(f"public key:  {public}")
+        click.echo(f"key id:      {kid}")
+
+
+# ---------------------------------------------------------------------------------- pack
+def _parse_images(images: tuple[str, ...], unslotted: tuple[str, ...]) -> list[PartitionSource]:
+    sources = []
+    for item in images:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ZflashError(Code.USAGE, f"--image expects NAME=PATH, got {item!r}")
+        sources.append(PartitionSource(name, Path(path), name not in unslotted))
+    unknown = set(unslotted) - {s.name for s in sources}
+    if unknown:
+        raise ZflashError(Code.USAGE, f"--unslotted names unknown partitions {sorted(unknown)}")
+    return sources
+
+
+@main.command()
+@click.option("--recipe", type=click.Path(path_type=Path), help="JSON recipe file.")
+@click.option("--product")
+@click.option("--hw-rev", "hw_revs", multiple=True, help="Accepted hardware revision (repeat).")
+@click.option("--baseband", "basebands", multiple=True, help="Accepted baseband id (repeat).")
+@click.option("--version", "fw_version")
+@click.option("--rollback-index", type=click.IntRange(0, 2**63 - 1))
+@click.option("--rollback-location", type=click.IntRange(0, 31))
+@click.option("--build-time", type=click.IntRange(0, 2**63 - 1),
+              help="Unix time; default $SOURCE_DATE_EPOCH or now.")
+@click.option("--image", "images", multiple=True, help="NAME=PATH, raw or sparse (repeat).")
+@click.option("--unslotted", multiple=True, help="Partition without A/B slots (repeat).")
+@click.option("--key", "key_paths", multiple=True, type=click.Path(path_type=Path),
+              help="Signing private key (repeat for several signatures).")
+@click.option("--codec", type=click.Choice(CODECS), default="zlib", show_default=True)
+@click.option("--level", type=click.IntRange(1, 9), default=6, show_default=True)
+@click.option("--block-size", type=int, default=DEFAULT_BLOCK_SIZE, show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+@click.option("--json", "as_json", is_flag=True)
+def pack(recipe: Path | None, product: str | None, hw_revs: tuple[str, ...],
+         basebands: tuple[str, ...], fw_version: str | None, rollback_index: int | None,
+         rollback_location: int | None, build_time: int | None, images: tuple[str, ...],
+         unslotted: tuple[str, ...], key_paths: tuple[Path, ...], codec: str, level: int,
+         block_size: int, output: Path, as_json: bool) -> None:
+    """Build a signed .zpk package from partition images (options override the recipe)."""
+    base = load_recipe(recipe) if recipe else None
+    sources = _parse_images(images, unslotted) if images else (base.sources if base else [])
+    if build_time is None and base is None:
+        build_time = int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
+    fields = {"product": product, "hardware_revisions": tuple(hw_revs) or None,
+              "baseband_ids": tuple(basebands) or None, "version": fw_version,
+              "rollback_index": rollback_index, "rollback_location": rollback_location,
+              "build_time": build_time}
+    merged = {k: v if v is not None else (getattr(base.info, k) if base else None)
+              for k, v in fields.items()}
+    if merged["rollback_location"] is None:
+        merged["rollback_location"] = 0
+    missing = [k for k, v in merged.items() if v is None]
+    if missing:
+        raise ZflashError(Code.USAGE, f"missing package metadata: {', '.join(missing)} "
+                                      "(give options or --recipe)")
+    all_keys = list(key_paths) or (base.keys if base else [])
+    signing = [keymod.load_private_key(p) for p in all_keys]
+    manifest = build_package(PackageInfo(**merged), sources, signing, output, codec, level,
+                             block_size)
+    if as_json:
+        emit_json({"output": str(output), "manifest": manifest.to_json(),
+                   "size": output.stat().st_size})
+    else:
+        click.echo(f"wrote {output}: {len(manifest.partitions)} partitions, "
+                   f"{manifest.image_size} image bytes in {output.stat().st_size} bytes")
+
+
+# ---------------------------------------------------------------------------------- inspect
+def _manifest_summary(manifest: Manifest) -> list[str]:
+    lines = [f"product:            {manifest.product}",
+             f"version:            {manifest.version}",
+             f"hardware revisions: {', '.join(manifest.hardware_revisions)}",
+             f"baseband ids:       {', '.join(manifest.baseband_ids)}",
+             f"rollback index:     {manifest.rollback_index} "
+             f"(location {manifest.rollback_location})",
+             f"build time:         {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(manifest.build_time))}",
+             "partitions:",
+             f"  {'name':<12} {'A/B':<4} {'size':>12} {'stored':>12} {'blocks':>7}  sha256"]
+    for p in manifest.partitions:
+        lines.append(f"  {p.name:<12} {'yes' if p.slotted else 'no':<4} {p.size:>12} "
+                     f"{p.stored_size:>12} {p.block_count:>7}  {p.sha256[:16]}...")
+    return lines
+
+
+@main.command()
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def inspect(package: Path, as_json: bool) -> None:
+    """Summarise a package (structure is checked; the signature is not: use verify)."""
+    with Package(package) as pkg:
+        head = pkg.head
+        kinds: dict[str, dict[str, int]] = {}
+        for part in head.manifest.partitions:
+            counts = {name: 0 for name in KIND_NAMES.values()}
+            for entry in head.tables[part.name]:
+                counts[KIND_NAMES[entry.kind]] += 1
+            kinds[part.name] = counts
+        sigs = [{"algorithm": s.algorithm, "key_id": s.key_id.hex()} for s in head.signatures]
+        if as_json:
+            emit_json({"path": str(package), "digest": head.digest, "size": head.header.total_size,
+                       "manifest": head.manifest.to_json(), "signatures": sigs,
+                       "blocks": kinds})
+            return
+        click.echo(f"package:            {package} ({head.header.total_size} bytes)")
+        click.echo(f"manifest digest:    {head.digest}")
+        for line in _manifest_summary(head.manifest):
+            click.echo(line)
+        for name, counts in kinds.items():
+            click.echo(f"  {name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        for sig in sigs:
+            click.echo(f"signed by:          {sig['algorithm']} key {sig['key_id']}")
+
+
+# ---------------------------------------------------------------------------------- verify
+def trust_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--trust", "trust_files", multiple=True,
+                        type=click.Path(path_type=Path),
+                        help="Trusted public key PEM (repeat). Added to the trust directory.")(func)
+    return click.option("--trust-dir", type=click.Path(path_type=Path),
+                        help=f"Trust directory (default {keymod.default_trust_dir()}).")(func)
+
+
+def load_trust(trust_files: tuple[Path, ...], trust_dir: Path | None) -> keymod.TrustStore:
+    return keymod.TrustStore.load(trust_files, trust_dir)
+
+
+@main.command()
+@click.argument("package", type=click.Path(path_type=Path))
+@trust_options
+@click.option("--json", "as_json", is_flag=True)
+def verify(package: Path, trust_files: tuple[Path, ...], trust_dir: Path | None,
+           as_json: bool) -> None:
+    """Check the signature against trusted keys and every block against its hash."""
+    trust = load_trust(trust_files, trust_dir)
+    started = time.perf_counter()
+    with Package(package) as pkg:
+        signers = pkg.verify(trust)
+        size = pkg.manifest.image_size
+    elapsed = time.perf_counter() - started
+    if as_json:
+        emit_json({"ok": True, "path": str(package), "signers": [s.hex() for s in signers],
+                   "image_bytes": size, "seconds": round(elapsed, 3)})
+    else:
+        click.echo(f"{package}: OK, signed by {', '.join(s.hex()[:16] for s in signers)}; "
+                   f"{size} image bytes verified in {elapsed:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

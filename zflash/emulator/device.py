@@ -1,0 +1,458 @@
+"""The emulated device's rules: what a real bootloader in download mode enforces.
+
+Whatever the host did or skipped, the device checks the signature against its own trusted
+keys, the rollback index, compatibility and storage before it accepts an update, checks each
+block's hash before writing it, never writes the running slot, and switches slots and raises
+rollback indexes only as A/B and AVB prescribe (REFERENCE.md). Transport and protocol live
+elsewhere: this class is called with decoded requests and raises coded errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from zflash.checks import Failure, check_device
+from zflash.errors import Code, ZflashError
+from zflash.facts import DeviceFacts, PartitionInfo, SlotInfo
+from zflash.package.format import KIND_ZERO, PartitionEntry, block_length
+from zflash.package.keys import TrustStore
+from zflash.package.reader import PackageHead, decode_block
+from zflash.emulator.storage import SLOTS, Storage, atomic_write, read_json, write_json
+
+PROTOCOL_VERSION = 1
+SET_ACTIVE_TRIES = 6
+SYNC_EVERY_BLOCKS = 256
+READ_CHUNK = 256 << 10
+
+
+class DeviceRefusal(ZflashError):
+    """The device refused an update; ``failures`` lists every reason."""
+
+    def __init__(self, failures: list[Failure]) -> None:
+        self.failures = failures
+        super().__init__(failures[0].code, "; ".join(f.message for f in failures))
+
+
+class PowerLoss(Exception):
+    """Raised by the fault hook to simulate pulling the power at a named step."""
+
+
+@dataclass
+class _Partition:
+    entry: PartitionEntry
+    fd: int
+    path: Path
+    verified: bytearray  # one byte per block: 1 = written, synced and hash-checked
+    committed: bool = False
+
+
+class UpdateSession:
+    """One update in progress, journaled in staging/DIGEST so it survives a disconnect."""
+
+    def __init__(self, storage: Storage, head: PackageHead, target: str | None,
+                 journal: dict[str, Any] | None) -> None:
+        self.storage, self.head, self.target = storage, head, target
+        self.dir = storage.staging_dir(head.digest)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.parts: list[_Partition] = []
+        done = set(journal.get("committed", [])) if journal else set()
+        for entry in head.manifest.partitions:
+            path = self._target_path(entry)
+            if not path.exists():
+                with open(path, "wb") as handle:
+                    handle.truncate(storage.spec(entry.name).size)
+            bits = bytearray(entry.block_count)
+            if journal and entry.name in journal.get("verified", {}):
+                saved = bytes.fromhex(journal["verified"][entry.name])
+                if len(saved) == entry.block_count:
+                    bits[:] = saved
+            fd = os.open(path, os.O_RDWR)
+            self.parts.append(_Partition(entry, fd, path, bits, entry.name in done))
+        self._unsynced = 0
+
+    def _target_path(self, entry: PartitionEntry) -> Path:
+        if entry.slotted:
+            return self.storage.partition_path(entry.name, self.target)
+        return self.dir / f"{entry.name}.img"
+
+    def have_ranges(self) -> dict[str, list[list[int]]]:
+        """Blocks the host need not send: verified ones and zero blocks (filled locally)."""
+        result = {}
+        for part in self.parts:
+            table = self.head.tables[part.entry.name]
+            have = [bool(part.verified[i]) or table[i].kind == KIND_ZERO
+                    for i in range(part.entry.block_count)]
+            result[part.entry.name] = to_ranges(have)
+        return result
+
+    def sync(self) -> None:
+        """fsync written data, then record it as verified: the order makes resume safe."""
+        for part in self.parts:
+            os.fsync(part.fd)
+        write_json(self.dir / "journal.json", {
+            "digest": self.head.digest, "target_slot": self.target,
+            "verified": {p.entry.name: bytes(p.verified).hex() for p in self.parts},
+            "committed": [p.entry.name for p in self.parts if p.committed]})
+        self._unsynced = 0
+
+    def close(self) -> None:
+        for part in self.parts:
+            os.close(part.fd)
+        self.parts = []
+
+
+class EmulatedDevice:
+    """A device in download mode over a state directory."""
+
+    def __init__(self, storage: Storage,
+                 power_loss_at: str | None = None,
+                 on_power_loss: Callable[[], None] | None = None) -> None:
+        self.storage = storage
+        self.session: UpdateSession | None = None
+        self.fail_next_boot = False
+        self.power_loss_at = power_loss_at
+        self._on_power_loss = on_power_loss or (lambda: os._exit(137))
+        self._step_counts: dict[str, int] = {}
+        self.trust = TrustStore()
+        from cryptography.hazmat.primitives import serialization
+        for pem in storage.profile.trusted_keys:
+            self.trust.add(serialization.load_pem_public_key(pem.encode()))  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ faults
+    def _step(self, name: str) -> None:
+        """Power-loss hook: ``name`` or ``name:N`` (the N-th time the step is reached)."""
+        if not self.power_loss_at:
+            return
+        count = self._step_counts[name] = self._step_counts.get(name, 0) + 1
+        wanted, _, nth = self.power_loss_at.partition(":")
+        if wanted == name and (not nth or int(nth) == count):
+            self._on_power_loss()
+            raise PowerLoss(name)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.storage.meta
+
+    def facts(self, exclude_staging: str | None = None) -> DeviceFacts:
+        profile = self.storage.profile
+        used = self.storage.staging_used()
+        if exclude_staging and self.storage.staging_dir(exclude_staging).exists():
+            used -= sum(p.stat().st_size for p in self.storage.staging_dir(exclude_staging)
+                        .rglob("*") if p.is_file())
+        slots = []
+        active = self._active_slot()
+        for name in SLOTS:
+            state = self.meta["slots"][name]
+            slots.append(SlotInfo(name=name, active=name == active,
+                                  bootable=_bootable(state), successful=state["successful"],
+                                  tries_left=state["tries_left"], priority=state["priority"]))
+        return DeviceFacts(
+            product=profile.product, hardware_revision=profile.hardware_revision,
+            baseband=profile.baseband, serial=profile.serial,
+            protocol_version=PROTOCOL_VERSION, flash_size=profile.flash_size,
+            cache_size=profile.cache_size, cache_free=max(0, profile.cache_size - used),
+            partitions=tuple(PartitionInfo(p.name, p.size, p.slotted)
+                             for p in profile.partitions),
+            slots=tuple(slots), current_slot=self.meta["current_slot"],
+            rollback_indexes={int(k): v for k, v in self.meta["rollback"].items()})
+
+    def _active_slot(self) -> str:
+        return max(SLOTS, key=lambda s: self.meta["slots"][s]["priority"])
+
+    # ------------------------------------------------------------------ update
+    def begin_update(self, head_bytes: bytes) -> dict[str, Any]:
+        """Check a package head; on success open (or resume) its update session."""
+        head = PackageHead.decode(head_bytes)
+        failures = []
+        try:
+            head.verify_signature(self.trust)
+        except ZflashError as exc:
+            failures.append(Failure(exc.code, "signature", exc.detail))
+        facts = self.facts(exclude_staging=head.digest)
+        failures += check_device(head.manifest, facts)
+        if failures:
+            raise DeviceRefusal(failures)
+        self._step("begin")
+        journal_path = self.storage.staging_dir(head.digest) / "journal.json"
+        journal = read_json(journal_path) if journal_path.exists() else None
+        target = facts.inactive_slot
+        if journal and journal.get("target_slot") != target:
+            journal = None  # the slots moved since: start over
+        if self.session and self.session.head.digest != head.digest:
+            self.session.close()
+            self.session = None
+        if self.session is None:
+            self.storage.clear_staging(keep=head.digest)
+            if journal is None:
+                self._invalidate_slot(target, head)
+            self.session = UpdateSession(self.storage, head, target, journal)
+            atomic_write(self.session.dir / "head.bin", head_bytes)
+            self.session.sync()
+        return {"session": head.digest, "target_slot": target,
+                "have": self.session.have_ranges()}
+
+    def _invalidate_slot(self, target: str | None, head: PackageHead) -> None:
+        """Before writing a slot, mark it unbootable: a half-written slot must never boot."""
+        if target is None or not any(p.slotted for p in head.manifest.partitions):
+            return
+        self.meta["slots"][target] = {"priority": 0, "tries_left": 0, "successful": False}
+        self.meta["committed"][target] = {}
+        self.meta["pending_rollback"][target] = {}
+        self.storage.save_meta()
+
+    def _session(self) -> UpdateSession:
+        if self.session is None:
+            raise ZflashError(Code.PROTOCOL, "no update in progress: send BEGIN_UPDATE first")
+        return self.session
+
+    def _part(self, index: int) -> _Partition:
+        session = self._session()
+        if not 0 <= index < len(session.parts):
+            raise ZflashError(Code.PROTOCOL, f"partition index {index} out of range")
+        return session.parts[index]
+
+    def write_block(self, part_index: int, block_index: int, stored: bytes | memoryview,
+                    compressed: bool) -> None:
+        """Check one block against the signed table, then write it."""
+        part = self._part(part_index)
+        entry = part.entry
+        if not 0 <= block_index < entry.block_count:
+            raise ZflashError(Code.PROTOCOL, f"{entry.name}: block {block_index} out of range")
+        if part.committed:
+            raise ZflashError(Code.PROTOCOL, f"{entry.name} is already committed")
+        table_entry = self._session().head.tables[entry.name][block_index]
+        kind_entry = replace(table_entry, kind=2 if compressed else 1,
+                             stored_size=len(stored))
+        try:
+            raw = decode_block(entry, block_index, kind_entry, stored)
+        except ZflashError as exc:
+            raise ZflashError(Code.SIGNATURE, exc.detail) from None
+        os.pwrite(part.fd, raw, block_index * entry.block_size)
+        part.verified[block_index] = 1
+        session = self._session()
+        session._unsynced += 1
+        self._step("write-block")
+        if session._unsynced >= SYNC_EVERY_BLOCKS:
+            session.sync()
+
+    def keep_blocks(self, part_index: int, ranges: list[list[int]]) -> list[list[int]]:
+        """Accept blocks the host believes are already on flash, after checking each one."""
+        part = self._part(part_index)
+        entry = part.entry
+        table = self._session().head.tables[entry.name]
+        source = self._live_path(entry)
+        accepted = [False] * entry.block_count
+        with open(source, "rb") as handle:
+            for start, end in ranges:
+                for index in range(max(0, start), min(end, entry.block_count)):
+                    length = block_length(entry, index)
+                    handle.seek(index * entry.block_size)
+                    data = handle.read(length)
+                    if hashlib.sha256(data).digest() != table[index].sha256:
+                        continue
+                    if source != part.path:
+                        os.pwrite(part.fd, data, index * entry.block_size)
+                    part.verified[index] = 1
+                    accepted[index] = True
+        self._session().sync()
+        return to_ranges(accepted)
+
+    def _live_path(self, entry: PartitionEntry) -> Path:
+        session = self._session()
+        if entry.slotted:
+            return self.storage.partition_path(entry.name, session.target)
+        return self.storage.partition_path(entry.name, None)
+
+    def commit_partition(self, name: str) -> str:
+        """All blocks present -> fill zero blocks, sync, check the image hash, commit."""
+        session = self._session()
+        part = next((p for p in session.parts if p.entry.name == name), None)
+        if part is None:
+            raise ZflashError(Code.NO_SUCH_PARTITION, f"{name} is not in this update")
+        entry = part.entry
+        table = session.head.tables[name]
+        for index, block in enumerate(table):
+            if not part.verified[index] and block.kind == KIND_ZERO:
+                os.pwrite(part.fd, bytes(block_length(entry, index)), index * entry.block_size)
+                part.verified[index] = 1
+        missing = part.verified.count(0)
+        if missing:
+            raise ZflashError(Code.PROTOCOL, f"{name}: {missing} blocks not written yet")
+        session.sync()
+        digest = file_sha256(part.path, entry.size)
+        if digest != entry.sha256:
+            part.verified[:] = bytes(entry.block_count)
+            session.sync()
+            raise ZflashError(Code.READBACK_MISMATCH, f"{name}: image hash after write is "
+                                                      f"{digest[:16]}, expected {entry.sha256[:16]}")
+        self._step("commit")
+        record = {"sha256": digest, "size": entry.size}
+        if entry.slotted:
+            self.meta["committed"][session.target][name] = record
+        else:
+            live = self.storage.partition_path(name, None)
+            os.fsync(part.fd)
+            os.replace(part.path, live)
+            self.meta["committed"][""][name] = record
+        part.committed = True
+        self.storage.save_meta()
+        session.sync()
+        return digest
+
+    # ------------------------------------------------------------------ slots and boot
+    def set_active(self, slot: str) -> None:
+        if slot not in SLOTS:
+            raise ZflashError(Code.SLOT, f"no slot {slot!r}; slots are {', '.join(SLOTS)}")
+        session = self.session
+        if session is not None and session.target == slot:
+            pending = [p.entry.name for p in session.parts if not p.committed]
+            if pending:
+                raise ZflashError(Code.SLOT, f"slot {slot}: partitions not committed: "
+                                             f"{', '.join(pending)}")
+            manifest = session.head.manifest
+            self.meta["pending_rollback"][slot] = {str(manifest.rollback_location):
+                                                   manifest.rollback_index}
+        elif not self.meta["slots"][slot]["successful"] and not self.meta["committed"][slot]:
+            raise ZflashError(Code.SLOT, f"slot {slot} holds no complete build")
+        self._step("set-active")
+        for other in SLOTS:
+            if other != slot:
+                state = self.meta["slots"][other]
+                state["priority"] = min(state["priority"], 14)
+        state = self.meta["slots"][slot]
+        state["priority"] = 15
+        if not state["successful"]:
+            state["tries_left"] = SET_ACTIVE_TRIES
+        self.storage.save_meta()
+        if session is not None and session.target == slot:
+            session.close()
+            self.session = None
+            self.storage.clear_staging()
+
+    def reboot(self, force_boot_failure: bool = False) -> dict[str, Any]:
+        """Simulate the bootloader: boot the best slot, retry, fall back (A/B rules)."""
+        if self.session is not None:
+            self.session.sync()
+            self.session.close()
+            self.session = None
+        fail_slot: str | None = None
+        if force_boot_failure or self.fail_next_boot:
+            fail_slot = self._active_slot()
+            self.fail_next_boot = False
+        attempts: list[dict[str, Any]] = []
+        for _ in range(2 * (SET_ACTIVE_TRIES + 1)):
+            candidates = [s for s in SLOTS if _bootable(self.meta["slots"][s])]
+            if not candidates:
+                break
+            slot = max(candidates, key=lambda s: self.meta["slots"][s]["priority"])
+            state = self.meta["slots"][slot]
+            if not state["successful"]:
+                state["tries_left"] -= 1
+            problem = "forced boot failure" if slot == fail_slot else self._verify_slot(slot)
+            attempts.append({"slot": slot, "ok": problem is None, "problem": problem})
+            if problem is None:
+                self._boot_succeeded(slot)
+                break
+            if not state["successful"] and state["tries_left"] <= 0:
+                state["priority"] = 0
+            self.storage.save_meta()
+        booted = self.meta["current_slot"] if attempts and attempts[-1]["ok"] else None
+        wanted = attempts[0]["slot"] if attempts else None
+        result = {"booted_slot": booted, "attempts": attempts,
+                  "fell_back": booted is not None and booted != wanted,
+                  "rollback_indexes": dict(self.meta["rollback"])}
+        self.meta["last_boot"] = result
+        self.storage.save_meta()
+        return result
+
+    def _verify_slot(self, slot: str) -> str | None:
+        for name, record in self.meta["committed"][slot].items():
+            path = self.storage.partition_path(name, slot)
+            if file_sha256(path, record["size"]) != record["sha256"]:
+                return f"{name}_{slot} does not match the hash recorded at commit"
+        return None
+
+    def _boot_succeeded(self, slot: str) -> None:
+        """The OS marks the slot successful; only now may rollback indexes rise (AVB)."""
+        state = self.meta["slots"][slot]
+        state["successful"] = True
+        state["tries_left"] = 0
+        self.meta["current_slot"] = slot
+        for location, index in self.meta["pending_rollback"][slot].items():
+            stored = self.meta["rollback"].get(location, 0)
+            self.meta["rollback"][location] = max(stored, index)
+        self.meta["pending_rollback"][slot] = {}
+        self.storage.save_meta()
+
+    # ------------------------------------------------------------------ raw access
+    def block_hashes(self, name: str, slot: str | None, first: int, count: int,
+                     block_size: int) -> list[bytes]:
+        spec = self.storage.spec(name)
+        if block_size <= 0 or block_size > (1 << 20) or count < 0 or count > 1 << 20:
+            raise ZflashError(Code.PROTOCOL, "block hash request out of bounds")
+        path = self.storage.partition_path(name, slot)
+        hashes = []
+        with open(path, "rb") as handle:
+            handle.seek(first * block_size)
+            for index in range(first, min(first + count, -(-spec.size // block_size))):
+                hashes.append(hashlib.sha256(handle.read(block_size)).digest())
+        return hashes
+
+    def read(self, name: str, slot: str | None, offset: int, length: int) -> Iterator[bytes]:
+        spec = self.storage.spec(name)
+        if offset < 0 or length < 0 or offset + length > spec.size:
+            raise ZflashError(Code.PROTOCOL, f"read of {name} outside 0..{spec.size}")
+        with open(self.storage.partition_path(name, slot), "rb") as handle:
+            handle.seek(offset)
+            remaining = length
+            while remaining:
+                chunk = handle.read(min(READ_CHUNK, remaining))
+                remaining -= len(chunk)
+                yield chunk
+
+    def erase(self, name: str, slot: str | None, allow_userdata: bool = False) -> None:
+        spec = self.storage.spec(name)
+        if name == "userdata" and not allow_userdata:
+            raise ZflashError(Code.DEVICE_REFUSED, "user data is erased only when asked for "
+                                                   "by name (--wipe-userdata)")
+        if spec.slotted and slot == self.meta["current_slot"]:
+            raise ZflashError(Code.SLOT, f"refusing to erase {name} on the running slot")
+        path = self.storage.partition_path(name, slot)
+        with open(path, "r+b") as handle:
+            handle.truncate(0)
+            handle.truncate(spec.size)
+            os.fsync(handle.fileno())
+
+
+def _bootable(state: dict[str, Any]) -> bool:
+    return state["priority"] > 0 and (state["successful"] or state["tries_left"] > 0)
+
+
+def file_sha256(path: Path, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        remaining = size
+        while remaining:
+            chunk = handle.read(min(1 << 20, remaining))
+            if not chunk:
+                break
+            digest.update(chunk)
+            remaining -= len(chunk)
+    return digest.hexdigest()
+
+
+def to_ranges(flags: list[bool]) -> list[list[int]]:
+    """[True, True, False, True] -> [[0, 2], [3, 4]] (half-open ranges)."""
+    ranges: list[list[int]] = []
+    for index, flag in enumerate(flags):
+        if flag:
+            if ranges and ranges[-1][1] == index:
+                ranges[-1][1] = index + 1
+            else:
+                ranges.append([index, index + 1])
+    return ranges

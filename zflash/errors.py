@@ -1,0 +1,166 @@
+"""The one error table: every failure a user can meet, with a stable code, meaning and fix.
+
+The process exit status is ``code - 9000``, so a factory script can branch on the exit status
+alone and a technician can look the code up with ``zflash errors CODE``. The four codes 9012,
+9015, 9023 and 9040 are fixed by the product specification and shared with the OTA updater;
+their meaning and fix text must not change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class Code(IntEnum):
+    """Stable error codes. Never renumber: scripts depend on them."""
+
+    INTERNAL = 9001
+    USAGE = 9002
+    FILE_UNREADABLE = 9003
+    MALFORMED_PACKAGE = 9004
+    MALFORMED_IMAGE = 9005
+    BAD_KEY_FILE = 9006
+    FILE_EXISTS = 9007
+    INTERRUPTED = 9008
+    SIGNATURE = 9012
+    NO_TRUSTED_KEY = 9013
+    ROLLBACK = 9015
+    DEVICE_NOT_FOUND = 9020
+    SEVERAL_DEVICES = 9021
+    PERMISSION_DENIED = 9022
+    STORAGE = 9023
+    LINK_LOST = 9024
+    TIMEOUT = 9025
+    PROTOCOL = 9026
+    UNSUPPORTED_PROTOCOL = 9027
+    BAD_DEVICE_URL = 9028
+    LIBUSB_MISSING = 9029
+    READBACK_MISMATCH = 9030
+    BOOT_FAILED = 9031
+    SLOT = 9032
+    NO_SUCH_PARTITION = 9033
+    DEVICE_REFUSED = 9034
+    COMPATIBILITY = 9040
+    UNVERIFIABLE = 9045
+    TLS_PIN = 9050
+    TLS = 9051
+    CATALOG_ROLLBACK = 9052
+    CATALOG_EXPIRED = 9053
+    DOWNLOAD = 9054
+    NO_COMPATIBLE_PACKAGE = 9055
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """One row of the table."""
+
+    code: int
+    meaning: str
+    fix: str
+
+    @property
+    def exit_status(self) -> int:
+        return self.code - 9000
+
+
+_ROWS: tuple[tuple[Code, str, str], ...] = (
+    (Code.INTERNAL, "Internal error in zflash",
+     "Report a bug with the command line and the output of `zflash --version`."),
+    (Code.USAGE, "Invalid command-line usage or option value",
+     "Check the command's --help for the accepted options and values."),
+    (Code.FILE_UNREADABLE, "An input file is missing or cannot be read",
+     "Check the path and its permissions."),
+    (Code.MALFORMED_PACKAGE, "Firmware package is malformed or truncated",
+     "Redownload firmware; file corrupted or not a .zpk package."),
+    (Code.MALFORMED_IMAGE, "Partition image is malformed (bad sparse image or size)",
+     "Regenerate the image; check it with `simg2img` if it is an Android sparse image."),
+    (Code.BAD_KEY_FILE, "Key file is invalid or uses an unsupported algorithm",
+     "Use a PEM key made by `zflash keygen` (Ed25519, ECDSA P-256 or RSA >= 3072 bits)."),
+    (Code.FILE_EXISTS, "Output file already exists",
+     "Choose another path or pass --force to overwrite it."),
+    (Code.INTERRUPTED, "Interrupted by the user",
+     "Run the same command again; an interrupted flash resumes where it stopped."),
+    (Code.SIGNATURE, "Signature verification failed",
+     "Redownload firmware; file corrupted."),
+    (Code.NO_TRUSTED_KEY, "No trusted public key is configured",
+     "Pass --trust KEY.pem or copy the vendor's public key into the trust directory "
+     "(see `zflash verify --help`)."),
+    (Code.ROLLBACK, "Anti-rollback check failed",
+     "Do not downgrade; stay on current build."),
+    (Code.DEVICE_NOT_FOUND, "No device in download mode was found",
+     "Check the cable, put the device in download mode, and list devices with `zflash devices`."),
+    (Code.SEVERAL_DEVICES, "Several devices match; zflash will not guess",
+     "Name one device: add ?serial=SERIAL or use its port path (see `zflash devices`)."),
+    (Code.PERMISSION_DENIED, "Permission denied opening the device",
+     "Install the udev rules (`zflash udev-rules --install`), replug, or join the dialout group."),
+    (Code.STORAGE, "Insufficient flash storage",
+     "Perform factory reset to clear logs."),
+    (Code.LINK_LOST, "The link to the device was lost",
+     "Reconnect the cable and run the same command again; the flash resumes."),
+    (Code.TIMEOUT, "The device did not answer in time",
+     "Check the device is still in download mode; replug it and run the command again."),
+    (Code.PROTOCOL, "The device sent something the protocol does not allow",
+     "Replug the device and retry; if it persists, report it with the --json log attached."),
+    (Code.UNSUPPORTED_PROTOCOL, "The device speaks a protocol version zflash does not support",
+     "Update zflash, or use the protocol the device offers (e.g. fastboot)."),
+    (Code.BAD_DEVICE_URL, "The device URL is not understood",
+     "Use serial:///dev/ttyUSB0, tcp://HOST:PORT, usb://VID:PID, or a bare /dev/tty* or COM port."),
+    (Code.LIBUSB_MISSING, "No libusb-1.0 library was found",
+     "Install libusb-1.0 (apt install libusb-1.0-0) or `pip install libusb-package`."),
+    (Code.READBACK_MISMATCH, "Data read back from the device does not match what was written",
+     "Run the flash again; if it repeats, the device's flash memory may be failing."),
+    (Code.BOOT_FAILED, "The new slot failed to boot; the device fell back to the old slot",
+     "The device still runs the previous build. Reflash, or report the firmware as bad."),
+    (Code.SLOT, "Invalid slot or slot operation",
+     "Use a slot the device reports (`zflash slot`), e.g. a or b."),
+    (Code.NO_SUCH_PARTITION, "The device has no such partition",
+     "Check the partition name against `zflash info`."),
+    (Code.DEVICE_REFUSED, "The device refused the command",
+     "Read the device's message above; check the device is unlocked for this operation."),
+    (Code.COMPATIBILITY, "Baseband mismatch",
+     "Firmware is for wrong hardware revision."),
+    (Code.UNVERIFIABLE, "A check cannot be verified because the device does not report the fact",
+     "Confirm the firmware matches this device, then pass --accept-unverifiable."),
+    (Code.TLS_PIN, "The update server's key does not match the pinned key",
+     "Do not continue on this network; check the pin with the server's operator."),
+    (Code.TLS, "Secure connection to the update server failed",
+     "Check the URL, the server's certificate and that it offers TLS 1.2 or newer."),
+    (Code.CATALOG_ROLLBACK, "The update catalog is older than one already seen",
+     "Someone may be replaying an old catalog; use a trusted network and retry."),
+    (Code.CATALOG_EXPIRED, "The update catalog has expired",
+     "The server is stale or frozen; ask its operator to re-sign the catalog."),
+    (Code.DOWNLOAD, "Download from the update server failed",
+     "Check the network and run the same command again; the download resumes."),
+    (Code.NO_COMPATIBLE_PACKAGE, "No package in the catalog fits this device",
+     "Check the device's product, hardware revision and baseband with `zflash info`."),
+)
+
+TABLE: dict[int, ErrorInfo] = {int(code): ErrorInfo(int(code), meaning, fix)
+                               for code, meaning, fix in _ROWS}
+
+
+def lookup(code: int) -> ErrorInfo:
+    """The table row for ``code``; unknown codes map to the internal-error row."""
+    return TABLE.get(int(code), TABLE[Code.INTERNAL])
+
+
+class ZflashError(Exception):
+    """A failure the user can meet. ``detail`` says what happened in this instance."""
+
+    def __init__(self, code: int, detail: str = "") -> None:
+        self.code = int(code)
+        self.detail = detail
+        super().__init__(f"{self.code}: {detail or self.info.meaning}")
+
+    @property
+    def info(self) -> ErrorInfo:
+        return lookup(self.code)
+
+    @property
+    def exit_status(self) -> int:
+        return self.info.exit_status
+
+    def to_dict(self) -> dict[str, object]:
+        return {"code": self.code, "meaning": self.info.meaning,
+                "detail": self.detail, "fix": self.info.fix}

@@ -1,0 +1,1 @@
+"""The signed firmware package (.zpk): format, manifest, signing, sparse images."""

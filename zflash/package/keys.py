@@ -1,0 +1,180 @@
+"""Signing keys and the host trust store.
+
+Three algorithms through ``cryptography``: Ed25519 (default), ECDSA P-256 with SHA-256 and
+RSA-PSS with SHA-256 (3072 bits and up). A key's id is the SHA-256 of its DER
+SubjectPublicKeyInfo, so the id names the key itself, not a file or a label.
+
+Trust comes only from the host: files given with ``--trust`` plus every ``*.pem`` in the
+trust directory. A key that arrives inside a package is never consulted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Union
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from zflash.errors import Code, ZflashError
+
+PrivateKey = Union[ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey]
+PublicKey = Union[ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey, rsa.RSAPublicKey]
+
+ALGORITHMS = ("ed25519", "ecdsa-p256", "rsa-pss")
+ALG_IDS = {"ed25519": 1, "ecdsa-p256": 2, "rsa-pss": 3}
+MIN_RSA_BITS = 3072
+MAX_RSA_BITS = 8192
+MAX_KEY_FILE = 64 << 10
+
+
+def default_trust_dir() -> Path:
+    """``$ZFLASH_TRUST_DIR`` or ``$XDG_CONFIG_HOME/zflash/trusted-keys``."""
+    if os.environ.get("ZFLASH_TRUST_DIR"):
+        return Path(os.environ["ZFLASH_TRUST_DIR"])
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "zflash" / "trusted-keys"
+
+
+def algorithm_of(key: PrivateKey | PublicKey) -> str:
+    """The zflash algorithm name; unsupported curves and small RSA keys are refused."""
+    if isinstance(key, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey)):
+        return "ed25519"
+    if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
+        if not isinstance(key.curve, ec.SECP256R1):
+            raise ZflashError(Code.BAD_KEY_FILE, f"ECDSA curve {key.curve.name} is not P-256")
+        return "ecdsa-p256"
+    if isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)):
+        if not MIN_RSA_BITS <= key.key_size <= MAX_RSA_BITS:
+            raise ZflashError(Code.BAD_KEY_FILE, f"RSA key of {key.key_size} bits; "
+                                                 f"{MIN_RSA_BITS}..{MAX_RSA_BITS} required")
+        return "rsa-pss"
+    raise ZflashError(Code.BAD_KEY_FILE, f"unsupported key type {type(key).__name__}")
+
+
+def key_id(key: PrivateKey | PublicKey) -> bytes:
+    """SHA-256 of the DER SubjectPublicKeyInfo of the (public half of the) key."""
+    public = key.public_key() if hasattr(key, "private_bytes") else key
+    der = public.public_bytes(serialization.Encoding.DER,
+                              serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).digest()
+
+
+def generate(algorithm: str = "ed25519", rsa_bits: int = MIN_RSA_BITS) -> PrivateKey:
+    if algorithm == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    if algorithm == "ecdsa-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if algorithm == "rsa-pss":
+        if not MIN_RSA_BITS <= rsa_bits <= MAX_RSA_BITS:
+            raise ZflashError(Code.USAGE, f"RSA size must be {MIN_RSA_BITS}..{MAX_RSA_BITS}")
+        return rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
+    raise ZflashError(Code.USAGE, f"unknown algorithm {algorithm!r}; use one of {ALGORITHMS}")
+
+
+def private_pem(key: PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def public_pem(key: PrivateKey | PublicKey) -> bytes:
+    public = key.public_key() if hasattr(key, "private_bytes") else key
+    return public.public_bytes(serialization.Encoding.PEM,
+                               serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def write_keypair(key: PrivateKey, private_path: Path, public_path: Path,
+                  force: bool = False) -> None:
+    """Write the private key with mode 0600 from the start (never world-readable)."""
+    for path in (private_path, public_path):
+        if path.exists() and not force:
+            raise ZflashError(Code.FILE_EXISTS, str(path))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    fd = os.open(private_path, flags, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.write(private_pem(key))
+    public_path.write_bytes(public_pem(key))
+
+
+def _read_key_file(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_KEY_FILE + 1)
+    except OSError as exc:
+        raise ZflashError(Code.FILE_UNREADABLE, f"{path}: {exc.strerror}") from None
+    if len(data) > MAX_KEY_FILE:
+        raise ZflashError(Code.BAD_KEY_FILE, f"{path}: larger than {MAX_KEY_FILE} bytes")
+    return data
+
+
+def load_private_key(path: Path) -> PrivateKey:
+    data = _read_key_file(path)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ZflashError(Code.BAD_KEY_FILE, f"{path}: not an unencrypted PEM private key "
+                                             f"({exc})") from None
+    algorithm_of(key)
+    return key  # type: ignore[return-value]
+
+
+def load_public_key(path: Path) -> PublicKey:
+    """A public key PEM; a private key file is accepted too and its public half used."""
+    data = _read_key_file(path)
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        try:
+            key = serialization.load_pem_private_key(data, password=None).public_key()
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise ZflashError(Code.BAD_KEY_FILE, f"{path}: not a PEM public key ({exc})") from None
+    algorithm_of(key)
+    return key  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    key_id: bytes
+    algorithm: str
+    public_key: PublicKey
+    source: str
+
+
+class TrustStore:
+    """The host's trusted public keys, by key id."""
+
+    def __init__(self, keys: Iterable[TrustedKey] = ()) -> None:
+        self._keys: dict[bytes, TrustedKey] = {k.key_id: k for k in keys}
+
+    @classmethod
+    def load(cls, files: Iterable[Path] = (), directory: Path | None = None,
+             use_default_dir: bool = True) -> "TrustStore":
+        """Keys from explicit files plus every ``*.pem`` in the trust directory."""
+        paths = list(files)
+        folder = directory if directory is not None else (
+            default_trust_dir() if use_default_dir else None)
+        if folder is not None and folder.is_dir():
+            paths.extend(sorted(folder.glob("*.pem")))
+        store = cls()
+        for path in paths:
+            store.add(load_public_key(path), str(path))
+        return store
+
+    def add(self, key: PublicKey, source: str = "") -> TrustedKey:
+        entry = TrustedKey(key_id(key), algorithm_of(key), key, source)
+        self._keys[entry.key_id] = entry
+        return entry
+
+    def get(self, kid: bytes) -> TrustedKey | None:
+        return self._keys.get(kid)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._keys.values())
