@@ -41,7 +41,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import BinaryIO, Callable, Iterator, NamedTuple, Union
+from typing import BinaryIO, Callable, Iterator, NamedTuple, Union, cast
 
 from zflash.errors import Code, ZflashError
 
@@ -150,7 +150,7 @@ def _peek(fileobj: BinaryIO, n: int) -> tuple[bytes, BinaryIO]:
         fileobj.seek(pos)
         return head, fileobj
     head = _read_upto(fileobj, n)
-    return head, _Prefixed(head, fileobj)  # type: ignore[return-value]
+    return head, cast(BinaryIO, _Prefixed(head, fileobj))
 
 
 def _pattern_pieces(pattern: bytes, length: int, piece: int) -> Iterator[bytes]:
@@ -584,6 +584,16 @@ class _ChunkWriter:
         return self.size
 
 
+def _spool() -> BinaryIO:
+    """A temporary file kept in memory up to SPOOL_LIMIT bytes, then moved to disk."""
+    return cast(BinaryIO, tempfile.SpooledTemporaryFile(SPOOL_LIMIT))
+
+
+def _check_size(size: int | None) -> None:
+    if size is not None and (not isinstance(size, int) or size < 0):
+        raise ZflashError(Code.USAGE, f"image size must be a non-negative integer, not {size!r}")
+
+
 def _check_block_size(block_size: int) -> None:
     if not isinstance(block_size, int) or block_size < 4 or block_size % 4 \
             or block_size > MAX_WRITE_BLOCK_SIZE:
@@ -708,12 +718,11 @@ def write_sparse(raw_fileobj: BinaryIO, out_fileobj: BinaryIO, block_size: int =
     in a temporary file (spilled to disk past 8 MiB) and then copied.
     """
     _check_block_size(block_size)
-    if size is not None and (not isinstance(size, int) or size < 0):
-        raise ZflashError(Code.USAGE, f"image size must be a non-negative integer, not {size!r}")
+    _check_size(size)
     if _seekable(out_fileobj):
         return _write_to(raw_fileobj, out_fileobj, block_size, size, zero_as_dont_care)
-    with tempfile.SpooledTemporaryFile(SPOOL_LIMIT) as tmp:
-        stats = _write_to(raw_fileobj, tmp, block_size, size, zero_as_dont_care)  # type: ignore[arg-type]
+    with _spool() as tmp:
+        stats = _write_to(raw_fileobj, tmp, block_size, size, zero_as_dont_care)
         tmp.seek(0)
         while data := tmp.read(PIECE):
             out_fileobj.write(data)
@@ -757,8 +766,8 @@ class _PieceBuilder:
         self._max = max_size
         self.has_data = False
         self.end_block = start_block
-        self.file = tempfile.SpooledTemporaryFile(SPOOL_LIMIT)
-        self.writer = _ChunkWriter(self.file, block_size)  # type: ignore[arg-type]
+        self.file = _spool()
+        self.writer = _ChunkWriter(self.file, block_size)
         if start_block:
             self.writer.add(_Run(ChunkType.DONT_CARE, start_block))
 
@@ -788,7 +797,7 @@ class _PieceBuilder:
             self.writer.add(_Run(ChunkType.DONT_CARE, self._total - end))
         size = self.writer.finish(self._total)
         self.file.seek(0)
-        return SparsePiece(self.index, self.start_block, end, size, self.file)  # type: ignore[arg-type]
+        return SparsePiece(self.index, self.start_block, end, size, self.file)
 
     def next_piece(self) -> "_PieceBuilder":
         """The builder for the piece after this finished one."""
@@ -851,9 +860,8 @@ def _sparse_runs(reader: SparseReader) -> Iterator[_Run]:
 
 
 def _raw_size(fileobj: BinaryIO, size: int | None) -> int:
+    _check_size(size)
     if size is not None:
-        if not isinstance(size, int) or size < 0:
-            raise ZflashError(Code.USAGE, f"image size must be a non-negative integer, not {size!r}")
         return size
     left = _bytes_left(fileobj)
     if left is None:

@@ -1,69 +1,21 @@
-"""The zflash command line: parse options, call the library, render the result.
-
-Results go to stdout (a table, or JSON with --json); progress and diagnostics go to stderr.
-Every failure ends as a coded error with its meaning and fix, and the exit status is
-``code - 9000``; a traceback is never the answer to bad input.
-"""
+"""Package commands: errors, keygen, pack, inspect, verify."""
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, NoReturn
 
 import click
 
-from zflash import __version__
-from zflash.errors import TABLE, Code, ZflashError, lookup
+from zflash.cli import main
+from zflash.cli.common import emit_json, load_trust, trust_options
+from zflash.errors import TABLE, Code, ZflashError
 from zflash.package import keys as keymod
 from zflash.package.format import DEFAULT_BLOCK_SIZE, KIND_NAMES, Manifest
 from zflash.package.reader import Package
 from zflash.package.recipe import load_recipe
 from zflash.package.writer import CODECS, PackageInfo, PartitionSource, build_package
-
-
-def emit_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, sort_keys=True))
-
-
-def fail(error: ZflashError, as_json: bool = False) -> NoReturn:
-    """Report a coded error on stderr (and stdout as JSON when asked) and exit."""
-    info = error.info
-    if as_json:
-        emit_json({"event": "error", **error.to_dict()})
-    click.echo(f"error {info.code}: {info.meaning}", err=True)
-    if error.detail:
-        click.echo(f"  {error.detail}", err=True)
-    click.echo(f"  fix: {info.fix}", err=True)
-    sys.exit(info.exit_status)
-
-
-class ZflashGroup(click.Group):
-    """Turns every escape from a command into a coded error instead of a traceback."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        as_json = "--json" in ctx.args or "--json" in sys.argv[1:]
-        try:
-            return super().invoke(ctx)
-        except ZflashError as exc:
-            fail(exc, as_json)
-        except KeyboardInterrupt:
-            fail(ZflashError(Code.INTERRUPTED), as_json)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise
-        except Exception as exc:  # noqa: BLE001 - the last line of defence
-            if os.environ.get("ZFLASH_DEBUG"):
-                raise
-            fail(ZflashError(Code.INTERNAL, f"{type(exc).__name__}: {exc}"), as_json)
-
-
-@click.group(cls=ZflashGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="zflash")
-def main() -> None:
-    """zflash: flash signed firmware into devices in download mode."""
 
 
 # ---------------------------------------------------------------------------------- errors
@@ -222,18 +174,6 @@ def inspect(package: Path, as_json: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------- verify
-def trust_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    func = click.option("--trust", "trust_files", multiple=True,
-                        type=click.Path(path_type=Path),
-                        help="Trusted public key PEM (repeat). Added to the trust directory.")(func)
-    return click.option("--trust-dir", type=click.Path(path_type=Path),
-                        help=f"Trust directory (default {keymod.default_trust_dir()}).")(func)
-
-
-def load_trust(trust_files: tuple[Path, ...], trust_dir: Path | None) -> keymod.TrustStore:
-    return keymod.TrustStore.load(trust_files, trust_dir)
-
-
 @main.command()
 @click.argument("package", type=click.Path(path_type=Path))
 @trust_options
@@ -254,6 +194,3 @@ def verify(package: Path, trust_files: tuple[Path, ...], trust_dir: Path | None,
         click.echo(f"{package}: OK, signed by {', '.join(s.hex()[:16] for s in signers)}; "
                    f"{size} image bytes verified in {elapsed:.2f} s")
 
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,225 @@
+"""ZDL framing (zdl.md section 2): encode one frame, and find frames again in any byte stream.
+
+The decoder is the only place that looks at raw bytes. It accepts data in chunks of any size
+(empty ones included, as USB zero-length packets arrive), rejects a candidate header before it
+buffers the payload, rescans after a bad CRC so no frame hidden behind a corrupted length is
+lost, and copies a payload at most once (zero times when a whole frame sits in one ``bytes``
+chunk). It raises nothing on bad input: garbage only shows up as ``Damage`` and counters.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Union
+
+from zflash.errors import Code, ZflashError
+from zflash.protocol.zdl.constants import (CHUNKABLE_TYPES, CRC_SIZE, FLAG_CHUNK, HEADER,
+                                           HEADER_SIZE, KNOWN_TYPES, MAX_SEQ, SYNC,
+                                           payload_limit)
+
+Buffer = Union[bytes, bytearray, memoryview]
+
+_SYNC0 = SYNC[0]
+_crc32 = zlib.crc32
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One frame that passed its CRC. ``payload`` is a read-only view nobody else reuses."""
+
+    type: int
+    flags: int
+    seq: int
+    payload: memoryview
+
+    @property
+    def wire_size(self) -> int:
+        return HEADER_SIZE + len(self.payload) + CRC_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class Damage:
+    """Bytes that were not part of any valid frame: ``skipped`` garbage bytes, or one bad CRC."""
+
+    skipped: int = 0
+    crc_error: bool = False
+
+
+def encode_frame(msg_type: int, seq: int, payload: Buffer = b"", flags: int = 0) -> bytes:
+    """One frame as bytes (sync, header, payload, CRC)."""
+    return encode_frame_parts(msg_type, seq, (payload,), flags)
+
+
+def encode_frame_parts(msg_type: int, seq: int, parts: Sequence[Buffer], flags: int = 0) -> bytes:
+    """One frame whose payload is the concatenation of ``parts``, built with a single copy.
+
+    Lets a WRITE_BLOCK carry a large block without first joining sub-header and data.
+    """
+    if not 0 <= seq <= MAX_SEQ or not 0 <= flags <= 0xFF or msg_type not in KNOWN_TYPES:
+        raise ZflashError(Code.INTERNAL, f"bad frame fields type={msg_type} seq={seq}")
+    length = sum(len(p) for p in parts)
+    header = HEADER.pack(msg_type, flags, seq, length)
+    crc = _crc32(header)
+    for part in parts:
+        crc = _crc32(part, crc)
+    return b"".join((SYNC, header, *parts, crc.to_bytes(4, "little")))
+
+
+class FrameDecoder:
+    """Bytes in, ``Frame`` and ``Damage`` out, in stream order (zdl.md 2.3).
+
+    ``max_data`` is the negotiated limit (None before the handshake); the engines raise it when
+    the session starts. Counters: ``frames``, ``crc_errors``, ``skipped_bytes``.
+    """
+
+    def __init__(self, max_data: int | None = None) -> None:
+        self.max_data = max_data
+        self.frames = 0
+        self.crc_errors = 0
+        self.skipped_bytes = 0
+        self._pending = bytearray()          # start of a candidate header (< HEADER_SIZE bytes)
+        self._head = b""                     # header bytes (after sync) of the frame in progress
+        self._body: bytearray | None = None  # payload + CRC being collected
+        self._have = 0
+        self._skip_run = 0
+
+    def reset(self) -> None:
+        """Forget any partial frame (e.g. after a baud-rate change)."""
+        self._pending.clear()
+        self._body = None
+        self._have = 0
+
+    def feed(self, data: Buffer) -> list[Frame | Damage]:
+        """Decode as much as ``data`` completes; keeps the rest for the next call."""
+        out: list[Frame | Damage] = []
+        if not data:
+            return out
+        if not isinstance(data, (bytes, bytearray)):
+            data = bytes(data)
+        # Views of a caller's bytes object are safe to hand out; a bytearray may be reused.
+        work: list[tuple[bytes | bytearray, int, bool]] = [(data, 0, type(data) is bytes)]
+        while work:
+            buf, pos, owned = work.pop()
+            self._scan(buf, pos, owned, work, out)
+        self._flush_skips(out)
+        return out
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _skip(self, count: int) -> None:
+        self.skipped_bytes += count
+        self._skip_run += count
+
+    def _flush_skips(self, out: list[Frame | Damage]) -> None:
+        if self._skip_run:
+            out.append(Damage(skipped=self._skip_run))
+            self._skip_run = 0
+
+    def _parse_header(self, head: Buffer) -> tuple[int, int, int, int] | None:
+        """The header fields, or None when the candidate cannot start a valid frame."""
+        msg_type, flags, seq, length = HEADER.unpack(head)
+        if msg_type not in KNOWN_TYPES or flags & ~FLAG_CHUNK:
+            return None
+        if flags & FLAG_CHUNK and msg_type not in CHUNKABLE_TYPES:
+            return None
+        if length > payload_limit(msg_type, self.max_data):
+            return None
+        return msg_type, flags, seq, length
+
+    def _emit(self, fields: tuple[int, int, int, int], payload: memoryview,
+              out: list[Frame | Damage]) -> None:
+        self._flush_skips(out)
+        self.frames += 1
+        out.append(Frame(fields[0], fields[1], fields[2], payload))
+
+    def _bad_crc(self, out: list[Frame | Damage]) -> None:
+        self._flush_skips(out)
+        self.crc_errors += 1
+        out.append(Damage(crc_error=True))
+        self._skip(1)  # the first sync byte; everything after it is scanned again
+
+    def _scan(self, buf: bytes | bytearray, pos: int, owned: bool,
+              work: list[tuple[bytes | bytearray, int, bool]],
+              out: list[Frame | Damage]) -> None:
+        view = memoryview(buf)
+        end = len(buf)
+        while pos < end:
+            if self._body is not None:
+                body = self._body
+                take = min(len(body) - self._have, end - pos)
+                body[self._have:self._have + take] = view[pos:pos + take]
+                self._have += take
+                pos += take
+                if self._have < len(body):
+                    return
+                self._body = None
+                head = self._head
+                fields = HEADER.unpack(head)
+                length = fields[3]
+                body_view = memoryview(body)
+                payload = body_view[:length]
+                if _crc32(payload, _crc32(head)) == int.from_bytes(body_view[length:], "little"):
+                    self._emit(fields, payload.toreadonly(), out)
+                    continue
+                self._bad_crc(out)
+                work.append((buf, pos, owned))
+                work.append((SYNC[1:] + head + bytes(body), 0, True))
+                return
+            if self._pending:
+                pending = self._pending
+                take = min(HEADER_SIZE - len(pending), end - pos)
+                pending += view[pos:pos + take]
+                pos += take
+                if len(pending) < HEADER_SIZE:
+                    return
+                candidate = bytes(pending)
+                pending.clear()
+                fields = self._parse_header(candidate[2:]) if candidate[:2] == SYNC else None
+                if fields is None:
+                    self._skip(1)
+                    work.append((buf, pos, owned))
+                    work.append((candidate[1:], 0, True))
+                    return
+                self._start_body(candidate[2:], fields[3])
+                continue
+            found = buf.find(SYNC, pos)
+            if found < 0:
+                keep = 1 if buf[end - 1] == _SYNC0 else 0
+                self._skip(end - pos - keep)
+                if keep:
+                    self._pending += view[end - 1:end]
+                return
+            if found > pos:
+                self._skip(found - pos)
+                pos = found
+            if end - pos < HEADER_SIZE:
+                self._pending += view[pos:end]
+                return
+            fields = self._parse_header(view[pos + 2:pos + HEADER_SIZE])
+            if fields is None:
+                self._skip(1)
+                pos += 1
+                continue
+            length = fields[3]
+            start = pos + HEADER_SIZE
+            if end - start >= length + CRC_SIZE:
+                payload = view[start:start + length]
+                stored = int.from_bytes(view[start + length:start + length + CRC_SIZE], "little")
+                if _crc32(payload, _crc32(view[pos + 2:start])) != stored:
+                    self._bad_crc(out)
+                    pos += 1
+                    continue
+                if not owned:
+                    payload = memoryview(bytes(payload))
+                self._emit(fields, payload.toreadonly(), out)
+                pos = start + length + CRC_SIZE
+                continue
+            self._start_body(bytes(view[pos + 2:start]), length)
+            pos = start
+
+    def _start_body(self, head: bytes, length: int) -> None:
+        self._head = head
+        self._body = bytearray(length + CRC_SIZE)
+        self._have = 0
