@@ -79,14 +79,15 @@ class UpdateSession:
             return self.storage.partition_path(entry.name, self.target)
         return self.dir / f"{entry.name}.img"
 
-    def have_ranges(self) -> dict[str, list[list[int]]]:
+    def have_ranges(self) -> list[dict[str, Any]]:
         """Blocks the host need not send: verified ones and zero blocks (filled locally)."""
-        result = {}
-        for part in self.parts:
+        result = []
+        for index, part in enumerate(self.parts):
             table = self.head.tables[part.entry.name]
             have = [bool(part.verified[i]) or table[i].kind == KIND_ZERO
                     for i in range(part.entry.block_count)]
-            result[part.entry.name] = to_ranges(have)
+            if any(have):
+                result.append({"index": index, "have": to_ranges(have)})
         return result
 
     def sync(self) -> None:
@@ -193,8 +194,8 @@ class EmulatedDevice:
             self.session = UpdateSession(self.storage, head, target, journal)
             atomic_write(self.session.dir / "head.bin", head_bytes)
             self.session.sync()
-        return {"session": head.digest, "target_slot": target,
-                "have": self.session.have_ranges()}
+        return {"session": head.digest, "slot": target,
+                "partitions": self.session.have_ranges()}
 
     def _invalidate_slot(self, target: str | None, head: PackageHead) -> None:
         """Before writing a slot, mark it unbootable: a half-written slot must never boot."""
@@ -248,8 +249,8 @@ class EmulatedDevice:
         source = self._live_path(entry)
         accepted = [False] * entry.block_count
         with open(source, "rb") as handle:
-            for start, end in ranges:
-                for index in range(max(0, start), min(end, entry.block_count)):
+            for first, count in ranges:
+                for index in range(max(0, first), min(first + count, entry.block_count)):
                     length = block_length(entry, index)
                     handle.seek(index * entry.block_size)
                     data = handle.read(length)
@@ -268,13 +269,12 @@ class EmulatedDevice:
             return self.storage.partition_path(entry.name, session.target)
         return self.storage.partition_path(entry.name, None)
 
-    def commit_partition(self, name: str) -> str:
+    def commit_partition(self, part_index: int) -> str:
         """All blocks present -> fill zero blocks, sync, check the image hash, commit."""
         session = self._session()
-        part = next((p for p in session.parts if p.entry.name == name), None)
-        if part is None:
-            raise ZflashError(Code.NO_SUCH_PARTITION, f"{name} is not in this update")
+        part = self._part(part_index)
         entry = part.entry
+        name = entry.name
         table = session.head.tables[name]
         for index, block in enumerate(table):
             if not part.verified[index] and block.kind == KIND_ZERO:
@@ -447,12 +447,12 @@ def file_sha256(path: Path, size: int) -> str:
 
 
 def to_ranges(flags: list[bool]) -> list[list[int]]:
-    """[True, True, False, True] -> [[0, 2], [3, 4]] (half-open ranges)."""
+    """[True, True, False, True] -> [[0, 2], [3, 1]]: ZDL range lists of [first, count]."""
     ranges: list[list[int]] = []
     for index, flag in enumerate(flags):
         if flag:
-            if ranges and ranges[-1][1] == index:
-                ranges[-1][1] = index + 1
+            if ranges and sum(ranges[-1]) == index:
+                ranges[-1][1] += 1
             else:
-                ranges.append([index, index + 1])
+                ranges.append([index, 1])
     return ranges
