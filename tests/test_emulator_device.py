@@ -75,13 +75,30 @@ def test_device_refuses_bad_samples_and_state_is_untouched(tmp_path, sample, cod
     with pytest.raises(ZflashError) as err:
         push(device, SAMPLES / sample)
     assert err.value.code == code
+    # Head refusals happen before anything is stored; a bad first block is checked before
+    # the device touches its disk. Either way the device is exactly as before.
+    assert snapshot(root) == before
     if isinstance(err.value, DeviceRefusal):
         assert all(f.code for f in err.value.failures)
-        assert snapshot(root) == before
-    else:  # the corrupt block passes the head checks; the block itself is refused
-        assert code == Code.SIGNATURE
-        device.reboot()  # the half-written slot never boots
-        assert device.facts().current_slot == "a"
+    else:
+        assert sample == "zx-demo-1.1.0-corrupt-block.zpk"
+    device.reboot()
+    assert device.facts().current_slot == "a"
+
+
+def test_bad_block_mid_stream_never_boots(tmp_path):
+    """A block that fails its hash after others were written: the slot stays unbootable."""
+    root = new_device_dir(tmp_path / "dev")
+    device = open_device(root)
+    push(device, GOOD, stop_after=3)
+    with Package(GOOD) as pkg:
+        part = pkg.manifest.partitions[1]
+        block, entry, stored = next(iter(pkg.iter_stored(part)))
+    with pytest.raises(ZflashError) as err:
+        device.write_block(1, block, bytes(len(stored)), compressed=entry.kind == 2)
+    assert err.value.code == Code.SIGNATURE
+    assert not device.facts().slot("b").bootable
+    assert device.reboot()["booted_slot"] == "a"
 
 
 def test_forced_boot_failure_falls_back(tmp_path):

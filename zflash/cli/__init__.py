@@ -21,3 +21,7 @@ def main() -> None:
 
 
 from zflash.cli import package_cmds  # noqa: E402,F401  (registers commands)
+from zflash.cli import fetch_cmds  # noqa: E402,F401  (registers commands)
+from zflash.cli import usb_cmds  # noqa: E402,F401  (registers commands)
+from zflash.cli import fastboot_cmds  # noqa: E402,F401  (registers commands)
+from zflash.cli import device_cmds  # noqa: E402,F401  (registers commands)

@@ -13,7 +13,7 @@ import hashlib
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from zflash.checks import Failure, check_device
 from zflash.errors import Code, ZflashError
@@ -21,6 +21,7 @@ from zflash.facts import DeviceFacts, PartitionInfo, SlotInfo
 from zflash.package.format import KIND_ZERO, PartitionEntry, block_length
 from zflash.package.keys import TrustStore
 from zflash.package.reader import PackageHead, decode_block
+from zflash.emulator import image_write
 from zflash.emulator.storage import SLOTS, Storage, atomic_write, read_json, write_json
 
 PROTOCOL_VERSION = 1
@@ -53,26 +54,38 @@ class _Partition:
 class UpdateSession:
     """One update in progress, journaled in staging/DIGEST so it survives a disconnect."""
 
-    def __init__(self, storage: Storage, head: PackageHead, target: str | None,
-                 journal: dict[str, Any] | None) -> None:
+    def __init__(self, storage: Storage, head: PackageHead, head_bytes: bytes,
+                 target: str | None, journal: dict[str, Any] | None) -> None:
         self.storage, self.head, self.target = storage, head, target
+        self.head_bytes = head_bytes
         self.dir = storage.staging_dir(head.digest)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.resumed = journal is not None
+        self.started = False
+        self.failure: ZflashError | None = None  # a refused block ends the update
         self.parts: list[_Partition] = []
         done = set(journal.get("committed", [])) if journal else set()
         for entry in head.manifest.partitions:
-            path = self._target_path(entry)
-            if not path.exists():
-                with open(path, "wb") as handle:
-                    handle.truncate(storage.spec(entry.name).size)
             bits = bytearray(entry.block_count)
             if journal and entry.name in journal.get("verified", {}):
                 saved = bytes.fromhex(journal["verified"][entry.name])
                 if len(saved) == entry.block_count:
                     bits[:] = saved
-            fd = os.open(path, os.O_RDWR)
-            self.parts.append(_Partition(entry, fd, path, bits, entry.name in done))
+            self.parts.append(_Partition(entry, -1, self._target_path(entry), bits,
+                                         entry.name in done))
         self._unsynced = 0
+
+    def start(self) -> None:
+        """Touch the disk only now, when the first verified data is about to be written, so
+        that a refusal up to here leaves the device byte-identical."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for part in self.parts:
+            if not part.path.exists():
+                with open(part.path, "wb") as handle:
+                    handle.truncate(self.storage.spec(part.entry.name).size)
+            part.fd = os.open(part.path, os.O_RDWR)
+        atomic_write(self.dir / "head.bin", self.head_bytes)
+        self.started = True
+        self.sync()
 
     def _target_path(self, entry: PartitionEntry) -> Path:
         if entry.slotted:
@@ -92,6 +105,8 @@ class UpdateSession:
 
     def sync(self) -> None:
         """fsync written data, then record it as verified: the order makes resume safe."""
+        if not self.started:
+            return
         for part in self.parts:
             os.fsync(part.fd)
         write_json(self.dir / "journal.json", {
@@ -102,8 +117,10 @@ class UpdateSession:
 
     def close(self) -> None:
         for part in self.parts:
-            os.close(part.fd)
-        self.parts = []
+            if part.fd >= 0:
+                os.close(part.fd)
+                part.fd = -1
+        self.started = False
 
 
 class EmulatedDevice:
@@ -188,12 +205,7 @@ class EmulatedDevice:
             self.session.close()
             self.session = None
         if self.session is None:
-            self.storage.clear_staging(keep=head.digest)
-            if journal is None:
-                self._invalidate_slot(target, head)
-            self.session = UpdateSession(self.storage, head, target, journal)
-            atomic_write(self.session.dir / "head.bin", head_bytes)
-            self.session.sync()
+            self.session = UpdateSession(self.storage, head, bytes(head_bytes), target, journal)
         return {"session": head.digest, "slot": target,
                 "partitions": self.session.have_ranges()}
 
@@ -207,35 +219,50 @@ class EmulatedDevice:
         self.storage.save_meta()
 
     def _session(self) -> UpdateSession:
-        if self.session is None:
+        """The open update, started on disk (first write): old staging cleared, the target
+        slot marked unbootable before a byte of it changes."""
+        session = self.session
+        if session is None:
             raise ZflashError(Code.PROTOCOL, "no update in progress: send BEGIN_UPDATE first")
-        return self.session
+        if not session.started:
+            self.storage.clear_staging(keep=session.head.digest)
+            if not session.resumed:
+                self._invalidate_slot(session.target, session.head)
+            session.start()
+        return session
 
-    def _part(self, index: int) -> _Partition:
-        session = self._session()
+    def _part(self, index: int, start: bool = True) -> _Partition:
+        session = self._session() if start else self.session
+        if session is None:
+            raise ZflashError(Code.PROTOCOL, "no update in progress: send BEGIN_UPDATE first")
         if not 0 <= index < len(session.parts):
             raise ZflashError(Code.PROTOCOL, f"partition index {index} out of range")
         return session.parts[index]
 
     def write_block(self, part_index: int, block_index: int, stored: bytes | memoryview,
                     compressed: bool) -> None:
-        """Check one block against the signed table, then write it."""
-        part = self._part(part_index)
+        """Check one block against the signed table, then write it (nothing before)."""
+        part = self._part(part_index, start=False)
         entry = part.entry
+        if self.session.failure is not None:  # type: ignore[union-attr]
+            raise self.session.failure  # type: ignore[union-attr]
         if not 0 <= block_index < entry.block_count:
             raise ZflashError(Code.PROTOCOL, f"{entry.name}: block {block_index} out of range")
         if part.committed:
             raise ZflashError(Code.PROTOCOL, f"{entry.name} is already committed")
-        table_entry = self._session().head.tables[entry.name][block_index]
+        table_entry = self.session.head.tables[entry.name][block_index]  # type: ignore[union-attr]
         kind_entry = replace(table_entry, kind=2 if compressed else 1,
                              stored_size=len(stored))
         try:
             raw = decode_block(entry, block_index, kind_entry, stored)
         except ZflashError as exc:
-            raise ZflashError(Code.SIGNATURE, exc.detail) from None
+            failure = ZflashError(Code.SIGNATURE, f"{exc.detail}; update abandoned, nothing "
+                                                  "more is written until a new BEGIN_UPDATE")
+            self.session.failure = failure  # type: ignore[union-attr]
+            raise failure from None
+        session = self._session()
         os.pwrite(part.fd, raw, block_index * entry.block_size)
         part.verified[block_index] = 1
-        session = self._session()
         session._unsynced += 1
         self._step("write-block")
         if session._unsynced >= SYNC_EVERY_BLOCKS:
@@ -334,12 +361,16 @@ class EmulatedDevice:
             self.session = None
             self.storage.clear_staging()
 
-    def reboot(self, force_boot_failure: bool = False) -> dict[str, Any]:
-        """Simulate the bootloader: boot the best slot, retry, fall back (A/B rules)."""
+    def host_left(self) -> None:
+        """The host disconnected: make the journal durable; the session resumes later."""
         if self.session is not None:
             self.session.sync()
             self.session.close()
             self.session = None
+
+    def reboot(self, force_boot_failure: bool = False) -> dict[str, Any]:
+        """Simulate the bootloader: boot the best slot, retry, fall back (A/B rules)."""
+        self.host_left()
         fail_slot: str | None = None
         if force_boot_failure or self.fail_next_boot:
             fail_slot = self._active_slot()
@@ -427,6 +458,34 @@ class EmulatedDevice:
             handle.truncate(0)
             handle.truncate(spec.size)
             os.fsync(handle.fileno())
+
+    # ------------------------------------------------------------------ fastboot (issue 5)
+    # Used by emulator/fastboot_server.py. A device in fastboot mode runs no slot, so these
+    # write whichever slot the host names (the stock client flashes the current slot).
+    def write_image(self, name: str, slot: str | None, source: BinaryIO, size: int,
+                    sparse: bool) -> None:
+        """fastboot flash: a raw or sparse image into a partition (slot), zeros after it.
+
+        Sparse DONT_CARE blocks keep what is on flash, so split pieces add up to the image;
+        larger than the partition -> 9023 before writing. Then call ``record_image_hash``.
+        """
+        spec = self.storage.spec(name)
+        image_write.write_image(self.storage.partition_path(name, slot), spec.size, source,
+                                size, sparse)
+
+    def erase_image(self, name: str, slot: str | None) -> None:
+        """fastboot erase: zeros (the host named the partition, userdata included)."""
+        spec = self.storage.spec(name)
+        image_write.erase(self.storage.partition_path(name, slot), spec.size)
+
+    def record_image_hash(self, name: str, slot: str | None) -> str:
+        """Record written content as committed, so the boot simulation accepts it."""
+        spec = self.storage.spec(name)
+        digest = file_sha256(self.storage.partition_path(name, slot), spec.size)
+        self.meta["committed"][slot if spec.slotted else ""][name] = {
+            "sha256": digest, "size": spec.size}
+        self.storage.save_meta()
+        return digest
 
 
 def _bootable(state: dict[str, Any]) -> bool:

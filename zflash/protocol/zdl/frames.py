@@ -3,23 +3,30 @@
 The decoder is the only place that looks at raw bytes. It accepts data in chunks of any size
 (empty ones included, as USB zero-length packets arrive), rejects a candidate header before it
 buffers the payload, rescans after a bad CRC so no frame hidden behind a corrupted length is
-lost, and copies a payload at most once (zero times when a whole frame sits in one ``bytes``
-chunk). It raises nothing on bad input: garbage only shows up as ``Damage`` and counters.
+lost, and copies a payload at most once when fed ``bytes`` (zero times when a whole frame sits
+in one chunk). It raises nothing on bad input: garbage only shows up as ``Damage`` and counters.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
-
 from zflash.errors import Code, ZflashError
-from zflash.protocol.zdl.constants import (CHUNKABLE_TYPES, CRC_SIZE, FLAG_CHUNK, HEADER,
-                                           HEADER_SIZE, KNOWN_TYPES, MAX_SEQ, SYNC,
-                                           payload_limit)
+from zflash.protocol.zdl.constants import (
+    CHUNKABLE_TYPES,
+    CRC_SIZE,
+    FLAG_CHUNK,
+    HEADER,
+    HEADER_SIZE,
+    KNOWN_TYPES,
+    MAX_SEQ,
+    SYNC,
+    payload_limit,
+)
 
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
 
 _SYNC0 = SYNC[0]
 _crc32 = zlib.crc32
@@ -70,8 +77,10 @@ def encode_frame_parts(msg_type: int, seq: int, parts: Sequence[Buffer], flags: 
 class FrameDecoder:
     """Bytes in, ``Frame`` and ``Damage`` out, in stream order (zdl.md 2.3).
 
-    ``max_data`` is the negotiated limit (None before the handshake); the engines raise it when
-    the session starts. Counters: ``frames``, ``crc_errors``, ``skipped_bytes``.
+    ``push`` stores data (by reference when it is ``bytes``); ``next`` decodes one item at a
+    time, so a limit raised by the frame just returned (the WELCOME) already applies to the
+    next one. ``feed`` does both for callers that want a list. ``max_data`` is the negotiated
+    limit (None before the handshake). Counters: ``frames``, ``crc_errors``, ``skipped_bytes``.
     """
 
     def __init__(self, max_data: int | None = None) -> None:
@@ -79,6 +88,8 @@ class FrameDecoder:
         self.frames = 0
         self.crc_errors = 0
         self.skipped_bytes = 0
+        self._work: list[tuple[bytes, int]] = []  # stack of (buffer, position) still to scan
+        self._ready: deque[Frame | Damage] = deque()
         self._pending = bytearray()          # start of a candidate header (< HEADER_SIZE bytes)
         self._head = b""                     # header bytes (after sync) of the frame in progress
         self._body: bytearray | None = None  # payload + CRC being collected
@@ -86,24 +97,34 @@ class FrameDecoder:
         self._skip_run = 0
 
     def reset(self) -> None:
-        """Forget any partial frame (e.g. after a baud-rate change)."""
+        """Forget any partial frame and unread input (e.g. after a baud-rate change)."""
+        self._work.clear()
         self._pending.clear()
         self._body = None
         self._have = 0
 
+    def push(self, data: Buffer) -> None:
+        """Queue received bytes (any size; empty is ignored, as USB zero-length packets are)."""
+        if data:
+            # A bytes object cannot change under us, so frames may be views of it; a caller's
+            # bytearray or memoryview may be reused, so it is copied once here.
+            self._work.insert(0, (data if type(data) is bytes else bytes(data), 0))
+
+    def next(self) -> Frame | Damage | None:
+        """The next frame or damage report, or None when more bytes are needed."""
+        while not self._ready and self._work:
+            buf, pos = self._work.pop()
+            self._scan(buf, pos)
+        if not self._ready:
+            self._flush_skips()
+        return self._ready.popleft() if self._ready else None
+
     def feed(self, data: Buffer) -> list[Frame | Damage]:
-        """Decode as much as ``data`` completes; keeps the rest for the next call."""
+        """``push`` then every item ``next`` can give."""
+        self.push(data)
         out: list[Frame | Damage] = []
-        if not data:
-            return out
-        if not isinstance(data, (bytes, bytearray)):
-            data = bytes(data)
-        # Views of a caller's bytes object are safe to hand out; a bytearray may be reused.
-        work: list[tuple[bytes | bytearray, int, bool]] = [(data, 0, type(data) is bytes)]
-        while work:
-            buf, pos, owned = work.pop()
-            self._scan(buf, pos, owned, work, out)
-        self._flush_skips(out)
+        while (item := self.next()) is not None:
+            out.append(item)
         return out
 
     # -- internals --------------------------------------------------------------------------
@@ -112,9 +133,9 @@ class FrameDecoder:
         self.skipped_bytes += count
         self._skip_run += count
 
-    def _flush_skips(self, out: list[Frame | Damage]) -> None:
+    def _flush_skips(self) -> None:
         if self._skip_run:
-            out.append(Damage(skipped=self._skip_run))
+            self._ready.append(Damage(skipped=self._skip_run))
             self._skip_run = 0
 
     def _parse_header(self, head: Buffer) -> tuple[int, int, int, int] | None:
@@ -128,24 +149,25 @@ class FrameDecoder:
             return None
         return msg_type, flags, seq, length
 
-    def _emit(self, fields: tuple[int, int, int, int], payload: memoryview,
-              out: list[Frame | Damage]) -> None:
-        self._flush_skips(out)
+    def _emit(self, fields: tuple[int, int, int, int], payload: memoryview) -> None:
+        self._flush_skips()
         self.frames += 1
-        out.append(Frame(fields[0], fields[1], fields[2], payload))
+        self._ready.append(Frame(fields[0], fields[1], fields[2], payload.toreadonly()))
 
-    def _bad_crc(self, out: list[Frame | Damage]) -> None:
-        self._flush_skips(out)
+    def _bad_crc(self) -> None:
+        self._flush_skips()
         self.crc_errors += 1
-        out.append(Damage(crc_error=True))
+        self._ready.append(Damage(crc_error=True))
         self._skip(1)  # the first sync byte; everything after it is scanned again
 
-    def _scan(self, buf: bytes | bytearray, pos: int, owned: bool,
-              work: list[tuple[bytes | bytearray, int, bool]],
-              out: list[Frame | Damage]) -> None:
+    def _scan(self, buf: bytes, pos: int) -> None:
+        """Scan ``buf`` from ``pos`` until one item is ready; push back what is left."""
         view = memoryview(buf)
         end = len(buf)
         while pos < end:
+            if self._ready:
+                self._work.append((buf, pos))
+                return
             if self._body is not None:
                 body = self._body
                 take = min(len(body) - self._have, end - pos)
@@ -161,11 +183,11 @@ class FrameDecoder:
                 body_view = memoryview(body)
                 payload = body_view[:length]
                 if _crc32(payload, _crc32(head)) == int.from_bytes(body_view[length:], "little"):
-                    self._emit(fields, payload.toreadonly(), out)
+                    self._emit(fields, payload)
                     continue
-                self._bad_crc(out)
-                work.append((buf, pos, owned))
-                work.append((SYNC[1:] + head + bytes(body), 0, True))
+                self._bad_crc()
+                self._work.append((buf, pos))
+                self._work.append((SYNC[1:] + head + bytes(body), 0))
                 return
             if self._pending:
                 pending = self._pending
@@ -179,8 +201,8 @@ class FrameDecoder:
                 fields = self._parse_header(candidate[2:]) if candidate[:2] == SYNC else None
                 if fields is None:
                     self._skip(1)
-                    work.append((buf, pos, owned))
-                    work.append((candidate[1:], 0, True))
+                    self._work.append((buf, pos))
+                    self._work.append((candidate[1:], 0))
                     return
                 self._start_body(candidate[2:], fields[3])
                 continue
@@ -208,12 +230,10 @@ class FrameDecoder:
                 payload = view[start:start + length]
                 stored = int.from_bytes(view[start + length:start + length + CRC_SIZE], "little")
                 if _crc32(payload, _crc32(view[pos + 2:start])) != stored:
-                    self._bad_crc(out)
+                    self._bad_crc()
                     pos += 1
                     continue
-                if not owned:
-                    payload = memoryview(bytes(payload))
-                self._emit(fields, payload.toreadonly(), out)
+                self._emit(fields, payload)
                 pos = start + length + CRC_SIZE
                 continue
             self._start_body(bytes(view[pos + 2:start]), length)

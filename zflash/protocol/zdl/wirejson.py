@@ -155,8 +155,20 @@ def ranges_json(ranges: Ranges) -> list[list[int]]:
     return [[first, count] for first, count in ranges]
 
 
+def merge_ranges(ranges: Ranges) -> Ranges:
+    """Join touching ranges of a validated list, so each block run is one pair."""
+    out: list[tuple[int, int]] = []
+    for first, count in ranges:
+        if out and out[-1][0] + out[-1][1] == first:
+            out[-1] = (out[-1][0], out[-1][1] + count)
+        else:
+            out.append((first, count))
+    return tuple(out)
+
+
 def ranges_subset(inner: Ranges, outer: Ranges) -> bool:
     """True when every block of ``inner`` lies in ``outer`` (both validated, sorted)."""
+    outer = merge_ranges(outer)
     j = 0
     for first, count in inner:
         while j < len(outer) and outer[j][0] + outer[j][1] <= first:

@@ -1,0 +1,262 @@
+"""Device commands over ZDL: emulate, info, flash, slot, reboot, backup."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from zflash.cli import main
+from zflash.cli.common import emit_json, load_trust, trust_options
+from zflash.cli.render import EventRenderer
+from zflash.errors import Code, ZflashError
+from zflash.facts import DeviceFacts
+from zflash.flasher import (FlashOptions, backup as backup_partition, flash as flash_package,
+                            open_session, reboot as reboot_device)
+from zflash.protocol.zdl import Ok, SetActive
+from zflash.zdl_session import SessionOptions
+
+DEVICE_HELP = ("Device URL: serial:///dev/ttyUSB0?baud=115200, /dev/ttyACM0, COM3, "
+               "tcp://HOST:PORT, usb://1209:0001?serial=X (env ZFLASH_DEVICE)")
+
+
+def device_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("-d", "--device", "url", envvar="ZFLASH_DEVICE", required=True,
+                        help=DEVICE_HELP)(func)
+
+
+def link_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--baud", type=click.IntRange(1200, 100_000_000),
+                        help="Serial: ask the device to switch to this rate after connecting.")(func)
+    func = click.option("--max-data", type=click.IntRange(4096, 1 << 20), default=256 << 10,
+                        show_default=True, help="Largest frame payload to offer.")(func)
+    func = click.option("--window", type=click.IntRange(1, 64), default=32, show_default=True,
+                        help="Frames in flight.")(func)
+    return click.option("--timeout", type=click.FloatRange(0.1, 600), default=5.0,
+                        show_default=True, help="Seconds to wait for the device.")(func)
+
+
+def session_options(baud: int | None, max_data: int, window: int) -> SessionOptions:
+    return SessionOptions(max_data=max_data, window=window, baud=baud)
+
+
+# ---------------------------------------------------------------------------------- emulate
+@main.command()
+@click.option("--state", "state_dir", type=click.Path(path_type=Path), required=True,
+              help="State directory (created on first use; survives restarts and kill -9).")
+@click.option("--profile", type=click.Path(path_type=Path), help="Device profile JSON.")
+@click.option("--trust", "trust_files", multiple=True, type=click.Path(path_type=Path),
+              help="Public key the device trusts (repeat); stored in a new state directory.")
+@click.option("--pty/--no-pty", default=False, help="Serve on a pseudo-terminal.")
+@click.option("--pty-link", help="Keep a symlink at this path pointing to the pty.")
+@click.option("--tcp", "tcp_port", type=click.IntRange(0, 65535),
+              help="Serve ZDL on 127.0.0.1:PORT (0 picks a free port).")
+@click.option("--fastboot-tcp", "fastboot_port", type=click.IntRange(0, 65535),
+              help="Serve fastboot over TCP on 127.0.0.1:PORT.")
+@click.option("--rate", type=float, help="Shape the link to this many bytes per second.")
+@click.option("--latency", type=float, help="Added per-transfer latency in seconds.")
+@click.option("--drop-after", type=int, help="Fault: drop the link after N bytes from the host.")
+@click.option("--stall-after", type=int, help="Fault: stall the link after N bytes.")
+@click.option("--corrupt", type=click.FloatRange(0, 1), default=0.0,
+              help="Fault: flip a bit in this fraction of transfers.")
+@click.option("--seed", type=int, default=0, help="Seed for the corruption faults.")
+@click.option("--power-loss", help="Fault: lose power at STEP[:N] (begin, write-block, "
+                                   "commit, set-active).")
+@click.option("--fail-next-boot", is_flag=True, help="The next boot of the new slot fails.")
+@click.option("--url-file", type=click.Path(path_type=Path),
+              help="Also write the URLs here, one per line (for scripts).")
+def emulate(state_dir: Path, profile: Path | None, trust_files: tuple[Path, ...], pty: bool,
+            pty_link: str | None, tcp_port: int | None, fastboot_port: int | None,
+            rate: float | None, latency: float | None, drop_after: int | None,
+            stall_after: int | None, corrupt: float, seed: int, power_loss: str | None,
+            fail_next_boot: bool, url_file: Path | None) -> None:
+    """Run an emulated device in download mode until interrupted."""
+    from zflash.emulator.runner import EmulatorRunner, LinkFaults, load_profile
+    if not (pty or tcp_port is not None or fastboot_port is not None):
+        pty = True
+    device_profile = load_profile(profile, list(trust_files))
+    faults = LinkFaults(rate, latency, drop_after, stall_after, corrupt, seed)
+    runner = EmulatorRunner(state_dir, device_profile, faults, power_loss, fail_next_boot,
+                            log=lambda m: click.echo(f"emulator: {m}", err=True))
+    if not len(runner.device.trust):
+        click.echo("emulator: warning: the device trusts no key and will refuse every "
+                   "package (use --trust)", err=True)
+    if pty:
+        runner.start_pty(pty_link)
+    if tcp_port is not None:
+        runner.start_tcp(tcp_port)
+    if fastboot_port is not None:
+        runner.start_fastboot_tcp(fastboot_port)
+    for url in runner.urls:
+        click.echo(url)
+    sys.stdout.flush()
+    if url_file:
+        url_file.write_text("".join(f"{u}\n" for u in runner.urls))
+    signal.signal(signal.SIGTERM, lambda *_: runner.stop_event.set())
+    try:
+        while not runner.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        runner.stop()
+    if runner.power_lost.is_set():
+        sys.exit(137)
+
+
+# ---------------------------------------------------------------------------------- info
+def facts_lines(facts: DeviceFacts) -> list[str]:
+    lines = [f"product:            {facts.product}",
+             f"hardware revision:  {facts.hardware_revision}",
+             f"baseband:           {facts.baseband}",
+             f"serial:             {facts.serial}",
+             f"protocol version:   {facts.protocol_version}",
+             f"flash size:         {facts.flash_size}",
+             f"staging cache:      {facts.cache_free} of {facts.cache_size} bytes free",
+             f"running slot:       {facts.current_slot}",
+             "rollback indexes:   " + (", ".join(f"[{k}]={v}" for k, v in
+                                                 sorted(facts.rollback_indexes.items())) or "-"),
+             "slots:"]
+    for s in facts.slots:
+        flags = [w for w, on in (("active", s.active), ("bootable", s.bootable),
+                                 ("successful", s.successful)) if on]
+        lines.append(f"  {s.name}: priority {s.priority}, tries left {s.tries_left}, "
+                     f"{', '.join(flags) or 'unbootable'}")
+    lines.append("partitions:")
+    for p in facts.partitions:
+        lines.append(f"  {p.name:<12} {p.size:>12} bytes  {'A/B' if p.slotted else ''}")
+    return lines
+
+
+@main.command()
+@device_option
+@link_options
+@click.option("--json", "as_json", is_flag=True)
+def info(url: str, baud: int | None, max_data: int, window: int, timeout: float,
+         as_json: bool) -> None:
+    """Show everything the device reports about itself."""
+    with open_session(url, session_options(baud, max_data, window), timeout=timeout) as session:
+        facts = session.identify()
+    if as_json:
+        emit_json(facts.to_dict())
+    else:
+        for line in facts_lines(facts):
+            click.echo(line)
+
+
+# ---------------------------------------------------------------------------------- flash
+@main.command()
+@click.argument("package", type=click.Path(path_type=Path))
+@device_option
+@trust_options
+@link_options
+@click.option("--no-reboot", is_flag=True, help="Leave the device in download mode.")
+@click.option("--skip-host-checks", is_flag=True,
+              help="Send without host checks (the device still enforces every rule).")
+@click.option("--wipe-userdata", is_flag=True, help="Erase the userdata partition too.")
+@click.option("--no-delta", is_flag=True, help="Send every block, even those already there.")
+@click.option("--force-boot-failure", is_flag=True, hidden=True,
+              help="Test devices: make the new slot fail its first boot.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON event per line on stdout.")
+def flash(package: Path, url: str, trust_files: tuple[Path, ...], trust_dir: Path | None,
+          baud: int | None, max_data: int, window: int, timeout: float, no_reboot: bool,
+          skip_host_checks: bool, wipe_userdata: bool, no_delta: bool,
+          force_boot_failure: bool, as_json: bool) -> None:
+    """Flash a signed package into the device's inactive slot, verify, switch, reboot."""
+    trust = load_trust(trust_files, trust_dir)
+    options = FlashOptions(skip_host_checks=skip_host_checks, reboot=not no_reboot,
+                           wipe_userdata=wipe_userdata, delta=not no_delta,
+                           force_boot_failure=force_boot_failure,
+                           session=session_options(baud, max_data, window), timeout=timeout)
+    renderer = EventRenderer(as_json)
+    try:
+        summary = flash_package(url, package, trust, options, renderer)
+    finally:
+        renderer.close()
+    if not as_json:
+        click.echo(f"flashed {package.name}: {summary.image_bytes} image bytes, "
+                   f"{summary.sent_bytes} sent, {summary.skipped_bytes} skipped, "
+                   f"{summary.seconds:.2f} s, {summary.rate / 1e6:.1f} MB/s effective"
+                   + (f", {summary.retransmissions} frames retransmitted"
+                      if summary.retransmissions else ""))
+        if summary.booted_slot:
+            click.echo(f"device now runs slot {summary.booted_slot}")
+        elif summary.slot:
+            click.echo(f"slot {summary.slot} is active; reboot the device to run it")
+
+
+# ---------------------------------------------------------------------------------- slot
+@main.group(invoke_without_command=True)
+@device_option
+@link_options
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def slot(ctx: click.Context, url: str, baud: int | None, max_data: int, window: int,
+         timeout: float, as_json: bool) -> None:
+    """Show the A/B slots, or `slot set-active SLOT`."""
+    ctx.obj = (url, session_options(baud, max_data, window), timeout, as_json)
+    if ctx.invoked_subcommand is None:
+        with open_session(url, ctx.obj[1], timeout=timeout) as session:
+            facts = session.identify()
+        if as_json:
+            emit_json({"current_slot": facts.current_slot,
+                       "slots": [s.__dict__ for s in facts.slots]})
+        else:
+            for line in facts_lines(facts):
+                if line.startswith(("running slot", "slots:", "  a:", "  b:")):
+                    click.echo(line)
+
+
+@slot.command("set-active")
+@click.argument("name")
+@click.pass_context
+def slot_set_active(ctx: click.Context, name: str) -> None:
+    """Make SLOT the one the bootloader tries next."""
+    url, options, timeout, as_json = ctx.obj
+    with open_session(url, options, timeout=timeout) as session:
+        session.request(SetActive(name), Ok)
+    if as_json:
+        emit_json({"event": "slot_switched", "slot": name})
+    else:
+        click.echo(f"active slot is now {name}")
+
+
+# ---------------------------------------------------------------------------------- reboot
+@main.command("reboot")
+@device_option
+@link_options
+@click.option("--json", "as_json", is_flag=True)
+def reboot_cmd(url: str, baud: int | None, max_data: int, window: int, timeout: float,
+               as_json: bool) -> None:
+    """Reboot the device (it boots its active slot, falling back if that fails)."""
+    renderer = EventRenderer(as_json)
+    with open_session(url, session_options(baud, max_data, window), timeout=timeout) as session:
+        boot = reboot_device(session, False, renderer)
+    if not as_json:
+        click.echo(f"booted slot {boot.get('booted_slot')}")
+    if boot.get("fell_back"):
+        raise ZflashError(Code.BOOT_FAILED, f"device fell back to slot {boot.get('booted_slot')}")
+
+
+# ---------------------------------------------------------------------------------- backup
+@main.command()
+@click.argument("partition")
+@device_option
+@link_options
+@click.option("--slot", "slot_name", help="Slot to read (default: the running slot).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+@click.option("--json", "as_json", is_flag=True)
+def backup(partition: str, url: str, baud: int | None, max_data: int, window: int,
+           timeout: float, slot_name: str | None, output: Path, as_json: bool) -> None:
+    """Read a partition back to a file and print its SHA-256."""
+    renderer = EventRenderer(as_json)
+    size, digest = backup_partition(url, partition, slot_name, output, renderer,
+                                    session_options(baud, max_data, window))
+    if as_json:
+        emit_json({"event": "backup", "partition": partition, "output": str(output),
+                   "bytes": size, "sha256": digest})
+    else:
+        click.echo(f"{output}: {size} bytes, sha256 {digest}")

@@ -1,0 +1,110 @@
+"""Rendering flash events: tqdm bars on a terminal, nothing on a pipe, JSON lines with --json.
+
+The library emits plain dict events; this is the only place that decides how they look.
+Progress goes to stderr, results to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+
+class EventRenderer:
+    """Callable event sink for the flasher."""
+
+    def __init__(self, as_json: bool, progress: bool | None = None) -> None:
+        self.as_json = as_json
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self._overall: tqdm | None = None
+        self._part: tqdm | None = None
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        if self.as_json:
+            if event["event"] not in ("bytes_sent", "bytes_received"):
+                click.echo(json.dumps(event, sort_keys=True, default=str))
+            return
+        handler = getattr(self, f"_on_{event['event']}", None)
+        if handler:
+            handler(event)
+
+    # Text rendering ------------------------------------------------------------------
+    def _note(self, text: str) -> None:
+        if self._overall is not None:
+            self._overall.write(text, file=sys.stderr)
+        else:
+            click.echo(text, err=True)
+
+    def _on_connected(self, e: dict[str, Any]) -> None:
+        baud = f", {e['baud']} baud" if e.get("baud") else ""
+        self._note(f"connected to {e['url']} (ZDL, frames up to {e['max_data'] >> 10} KiB, "
+                   f"window {e['window']}{baud})")
+
+    def _on_device(self, e: dict[str, Any]) -> None:
+        f = e["facts"]
+        self._note(f"device: {f['product']} rev {f['hardware_revision']}, baseband "
+                   f"{f['baseband']}, serial {f['serial']}, running slot {f['current_slot']}")
+
+    def _on_check_failed(self, e: dict[str, Any]) -> None:
+        self._note(f"check failed: {e['code']} {e['meaning']}: {e['message']}\n"
+                   f"  fix: {e['fix']}")
+
+    def _on_check_passed(self, e: dict[str, Any]) -> None:
+        self._note(f"check passed: {e['check']}")
+
+    def _on_checks_skipped(self, e: dict[str, Any]) -> None:
+        self._note("host checks skipped (--skip-host-checks); the device still checks")
+
+    def _on_update_ready(self, e: dict[str, Any]) -> None:
+        self._note(f"device accepted the package; writing slot {e['slot'] or '(none)'}")
+
+    def _on_partition_started(self, e: dict[str, Any]) -> None:
+        if self._part is not None:
+            self._part.close()
+        where = f"{e['partition']}_{e['slot']}" if e.get("slot") else e["partition"]
+        if self.progress:
+            self._part = tqdm(total=max(0, e["size"] - e["skipped_bytes"]), unit="B",
+                              unit_scale=True, unit_divisor=1024, desc=where, leave=False,
+                              file=sys.stderr)
+        if e["skipped_bytes"]:
+            self._note(f"{where}: {e['skipped_bytes']} bytes already on the device, skipped")
+
+    def _on_bytes_sent(self, e: dict[str, Any]) -> None:
+        if self._part is not None:
+            self._part.update(e["bytes"])
+
+    def _on_verified(self, e: dict[str, Any]) -> None:
+        if self._part is not None:
+            self._part.close()
+            self._part = None
+        self._note(f"{e['partition']}: written and verified (sha256 {str(e['sha256'])[:16]}...)")
+
+    def _on_retry(self, e: dict[str, Any]) -> None:
+        self._note(f"link: {e['frames']} frames sent again ({e['reason']})")
+
+    def _on_slot_switched(self, e: dict[str, Any]) -> None:
+        self._note(f"active slot switched to {e['slot']}")
+
+    def _on_rebooted(self, e: dict[str, Any]) -> None:
+        if e.get("fell_back"):
+            self._note(f"reboot: the new slot failed to boot; device fell back to slot "
+                       f"{e.get('booted_slot')}")
+        else:
+            self._note(f"reboot: device booted slot {e.get('booted_slot')}")
+
+    def _on_baud(self, e: dict[str, Any]) -> None:
+        if e["switched"]:
+            self._note(f"line rate raised to {e['baud']} baud")
+        else:
+            self._note(f"device did not confirm {e['baud']} baud; staying at {e.get('kept')}")
+
+    def close(self) -> None:
+        for bar in (self._part, self._overall):
+            if bar is not None:
+                bar.close()

@@ -1,0 +1,1 @@
+"""The emulated device: storage, enforcement, link shaping and the servers that expose it."""

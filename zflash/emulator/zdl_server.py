@@ -1,0 +1,173 @@
+"""Serve an EmulatedDevice over ZDL on any device-side link (pty, TCP, emulated USB).
+
+The loop is the device's firmware main loop: read what arrived, feed the sans-IO
+``DeviceEngine``, turn each request into a call on ``EmulatedDevice`` and each answer or
+refusal into a response. The engine handles framing, sequence numbers, ACK/NAK and cached
+answers; the device handles the rules. A host that goes away ends one session; the update
+in progress stays journaled for the next one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from zflash.emulator.device import DeviceRefusal, EmulatedDevice, PowerLoss
+from zflash.emulator.link import DeviceConnection, HostDisconnected
+from zflash.errors import Code, ZflashError
+from zflash.protocol.zdl import (CODEC_ZLIB, BeginUpdate, BlockHashes, CommitPartition, Data,
+                                 DeviceEngine, Done, Erase, Error, Facts, Hashes, Identify,
+                                 KeepBlocks, Kept, Ok, Read, Reboot, SetActive, SwitchBaud,
+                                 UpdateReady, WriteBlock)
+
+READ_SIZE = 1 << 20
+POLL = 0.2
+PING_WAIT = 1.0
+
+
+@dataclass
+class ServerOptions:
+    max_data: int = 1 << 20
+    window: int = 64
+    bauds: tuple[int, ...] = ()
+
+
+class ZdlServer:
+    """One device, many host sessions one after another."""
+
+    def __init__(self, device: EmulatedDevice, options: ServerOptions | None = None,
+                 set_baud: Callable[[int], None] | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.device = device
+        self.options = options or ServerOptions()
+        self._set_baud = set_baud
+        self._log = log or (lambda message: None)
+        self._lock = threading.Lock()
+
+    def serve(self, conn: DeviceConnection, stop: threading.Event | None = None) -> None:
+        """Run one host session until the host leaves, the link drops or ``stop`` is set."""
+        stop = stop or threading.Event()
+        engine = DeviceEngine(max_data=self.options.max_data, window=self.options.window,
+                              bauds=self.options.bauds)
+        ping_deadline: float | None = None
+        with self._lock:  # one host at a time per device, as on a real USB port
+            try:
+                while not stop.is_set():
+                    try:
+                        data = conn.read(READ_SIZE, timeout=POLL)
+                    except HostDisconnected:
+                        break
+                    except ZflashError as exc:
+                        if exc.code != Code.TIMEOUT:
+                            raise
+                        if ping_deadline is not None and time.monotonic() > ping_deadline:
+                            ping_deadline = None
+                            if engine.ping_timeout() and self._set_baud:
+                                self._set_baud(0)
+                        self._write(conn, engine.data_to_send())
+                        continue
+                    for event in engine.receive_data(data):
+                        if isinstance(event, SwitchBaud):
+                            self._write(conn, engine.data_to_send())
+                            if self._set_baud:
+                                self._set_baud(event.baud)
+                            ping_deadline = time.monotonic() + PING_WAIT
+                        else:
+                            self._write(conn, self._handle(engine, event))
+                    self._write(conn, engine.data_to_send())
+            except HostDisconnected:
+                pass
+            except PowerLoss:
+                self._log("power lost")
+                conn.close()
+                raise
+            finally:
+                self.device.host_left()
+
+    @staticmethod
+    def _write(conn: DeviceConnection, frames: list[bytes]) -> None:
+        if frames:
+            conn.write(b"".join(frames))
+
+    def _handle(self, engine: DeviceEngine, request: object) -> list[bytes]:
+        """One request -> the frames that answer it (or refuse it)."""
+        try:
+            if isinstance(request, WriteBlock):
+                try:
+                    self.device.write_block(request.partition, request.block, request.data,
+                                            compressed=request.codec == CODEC_ZLIB)
+                except ZflashError as exc:
+                    return engine.reject_block(request, exc.code, exc.detail[:1000])
+                return []
+            return self._answer(engine, request)
+        except PowerLoss:
+            raise
+        except ZflashError as exc:
+            return engine.respond(Error(exc.code, (exc.detail or exc.info.meaning)[:1024]))
+
+    def _answer(self, engine: DeviceEngine, request: object) -> list[bytes]:
+        device = self.device
+        if isinstance(request, Identify):
+            return engine.respond(Facts(device.facts()))
+        if isinstance(request, BeginUpdate):
+            try:
+                ready = device.begin_update(bytes(request.head))
+            except DeviceRefusal as refusal:
+                self._log(f"refused update: {refusal.detail}")
+                return engine.respond(Error(refusal.code, refusal.detail[:1024]))
+            have = {p["index"]: tuple((f, c) for f, c in p["have"]) for p in ready["partitions"]}
+            return engine.respond(UpdateReady(ready["session"], ready["slot"], have))
+        if isinstance(request, KeepBlocks):
+            kept = device.keep_blocks(request.partition, [list(r) for r in request.ranges])
+            return engine.respond(Kept(request.partition, tuple((f, c) for f, c in kept)))
+        if isinstance(request, CommitPartition):
+            digest = device.commit_partition(request.partition)
+            return engine.respond(Ok({"sha256": digest}))
+        if isinstance(request, SetActive):
+            device.set_active(request.slot)
+            return engine.respond(Ok({"slot": request.slot}))
+        if isinstance(request, Reboot):
+            result = device.reboot(bool(request.options.get("force_boot_failure", False)))
+            return engine.respond(Ok({"boot": _boot_summary(result)}))
+        if isinstance(request, BlockHashes):
+            digests = device.block_hashes(request.partition, request.slot, request.first,
+                                          request.count, request.block_size)
+            return engine.respond(Hashes(tuple(digests)))
+        if isinstance(request, Read):
+            return self._read(engine, request)
+        if isinstance(request, Erase):
+            device.erase(request.partition, request.slot, allow_userdata=True)
+            return engine.respond(Ok({}))
+        return engine.respond(Error(Code.PROTOCOL, f"unsupported request {type(request).__name__}"))
+
+    def _read(self, engine: DeviceEngine, request: Read) -> list[bytes]:
+        frames: list[bytes] = []
+        digest = hashlib.sha256()
+        offset = request.offset
+        piece = engine_max_data(engine)
+        for chunk in self.device.read(request.partition, request.slot, request.offset,
+                                      request.length):
+            for start in range(0, len(chunk), piece):
+                part = chunk[start:start + piece]
+                frames += engine.respond(Data(offset, part))
+                digest.update(part)
+                offset += len(part)
+        frames += engine.respond(Done(request.length, digest.hexdigest()))
+        return frames
+
+
+def engine_max_data(engine: DeviceEngine) -> int:
+    session = getattr(engine, "session", None)
+    return session.max_data if session is not None else 4096
+
+
+def _boot_summary(result: dict[str, object]) -> dict[str, object]:
+    """The OK info of a REBOOT: booted slot, fallback, attempts (flattened for JSON)."""
+    attempts = result.get("attempts") or []
+    return {"booted_slot": result.get("booted_slot"), "fell_back": result.get("fell_back"),
+            "attempts": len(attempts),  # type: ignore[arg-type]
+            "failed_attempts": sum(1 for a in attempts if not a["ok"]),  # type: ignore[union-attr]
+            "rollback_indexes": result.get("rollback_indexes")}

@@ -1,0 +1,454 @@
+"""A fastboot host: drives the sans-IO engine over a Transport, with timeouts and streaming.
+
+The engine (``zflash.protocol.fastboot``) decides what is valid; this module only moves
+bytes and keeps time: 30 s for each answer, restarted by every INFO/TEXT line, as AOSP's
+client does. On top of single commands it does what the stock client does for a flash:
+slot suffixes from ``has-slot``/``current-slot``, the download limit from
+``max-download-size`` (or ``-S``), and splitting of large images into complete sparse
+pieces with :func:`zflash.package.sparse.split_sparse`. Memory stays bounded whatever the
+image size: data is streamed from the file in fixed-size pieces.
+
+Device URLs: ``fastboot+tcp://HOST[:PORT]`` (also the stock client's ``tcp:HOST[:PORT]``
+and ``tcp://HOST:PORT``), and packet transports such as USB once ``open_transport`` offers
+them (one read = one packet, the fastboot USB rule).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+from zflash.errors import Code, ZflashError
+from zflash.package.sparse import SparseReader, is_sparse, split_sparse
+from zflash.protocol.fastboot.constants import (DEFAULT_TCP_PORT, MAX_RESPONSE,
+                                                RESPONSE_TIMEOUT, TCP_HANDSHAKE_TIMEOUT)
+from zflash.protocol.fastboot.events import (DataRequest, Fail, HostEvent, Info, Okay, Text,
+                                             UploadData)
+from zflash.protocol.fastboot.host import HostEngine, HostState
+from zflash.protocol.fastboot.tcp import TcpFraming, encode_message, handshake, message_header
+from zflash.protocol.fastboot.values import parse_bool, parse_size, parse_slot, parse_var_line
+from zflash.transport import Transport, open_transport
+
+EventSink = Callable[[dict[str, Any]], None]
+
+DATA_PIECE = 4 << 20  # bytes read from the image and written per call
+READ_SIZE = 1 << 20
+FAIL_GRACE = 1.0  # after a failed write, how long to wait for the device's FAIL reason
+
+
+# ------------------------------------------------------------------------------ links
+class PacketLink:
+    """Fastboot packets over a packet transport (USB bulk: one read is one packet)."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def send_packet(self, packet: bytes) -> None:
+        self.transport.write(packet)
+
+    def begin_data(self, size: int) -> None:
+        """Nothing to announce on USB: the data phase is just bulk transfers."""
+
+    def send_data(self, data: bytes | memoryview) -> None:
+        self.transport.write(data)
+
+    def receive(self, timeout: float) -> list[tuple[bytes | memoryview, bool]]:
+        return [(self.transport.read(max(READ_SIZE, MAX_RESPONSE), timeout), True)]
+
+
+class TcpLink(PacketLink):
+    """Fastboot over TCP: FB01 handshake, then every packet is a length-prefixed message."""
+
+    def __init__(self, transport: Transport, handshake_timeout: float = TCP_HANDSHAKE_TIMEOUT
+                 ) -> None:
+        super().__init__(transport)
+        self.framing = TcpFraming()
+        self._early: list[tuple[bytes | memoryview, bool]] = []
+        transport.write(handshake())
+        deadline = time.monotonic() + handshake_timeout
+        while not self.framing.handshake_done:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ZflashError(Code.TIMEOUT, "no fastboot-TCP handshake (FB01) from the "
+                                                f"device within {handshake_timeout:g} s")
+            try:
+                data = transport.read(4, left)
+            except ZflashError as exc:
+                if exc.code == Code.TIMEOUT:
+                    continue
+                raise
+            self._early += self.framing.receive(data)
+
+    def send_packet(self, packet: bytes) -> None:
+        self.transport.write(encode_message(packet))
+
+    def begin_data(self, size: int) -> None:
+        """The whole download is one message, as the stock client sends it."""
+        self.transport.write(message_header(size))
+
+    def receive(self, timeout: float) -> list[tuple[bytes | memoryview, bool]]:
+        if self._early:
+            early, self._early = self._early, []
+            return early
+        return self.framing.receive(self.transport.read(READ_SIZE, timeout))
+
+
+def open_link(url: str, timeout: float = 5.0,
+              handshake_timeout: float = TCP_HANDSHAKE_TIMEOUT) -> PacketLink:
+    """Open the device named by ``url`` and wrap it in the fastboot link it needs."""
+    url = normalize_url(url)
+    transport = open_transport(url, timeout)
+    try:
+        if transport.is_stream:
+            return TcpLink(transport, handshake_timeout)
+        return PacketLink(transport)
+    except BaseException:
+        transport.close()
+        raise
+
+
+def normalize_url(url: str) -> str:
+    """Accept the stock client's ``tcp:HOST[:PORT]`` and plain ``tcp://``; fastboot over TCP
+    always uses the FB01 framing, so both mean ``fastboot+tcp://``."""
+    text = url.strip()
+    if text.startswith("tcp:") and not text.startswith("tcp://"):
+        text = "fastboot+tcp://" + text[4:]
+    elif text.startswith("tcp://"):
+        text = "fastboot+" + text
+    elif text.startswith("udp:"):
+        raise ZflashError(Code.BAD_DEVICE_URL, f"{url!r}: fastboot over UDP is not supported; "
+                                               f"use fastboot+tcp://HOST:{DEFAULT_TCP_PORT}")
+    return text
+
+
+# ------------------------------------------------------------------------------ client
+class FastbootClient:
+    """One fastboot device. Methods raise only ZflashError; a FAIL is DEVICE_REFUSED.
+
+    ``timeout`` bounds the wait for each answer (restarted by INFO/TEXT). ``on_event``
+    receives dicts such as ``{"event": "info", "message": ...}`` and ``{"event":
+    "progress", "sent": n, "total": m}``; the CLI renders them.
+    """
+
+    def __init__(self, link: PacketLink, timeout: float = RESPONSE_TIMEOUT,
+                 on_event: EventSink | None = None) -> None:
+        self.link = link
+        self.timeout = timeout
+        self.engine = HostEngine()
+        self.on_event: EventSink = on_event or (lambda event: None)
+        self._events: deque[HostEvent] = deque()
+        self._vars: dict[str, str | None] = {}
+
+    @classmethod
+    def connect(cls, url: str, timeout: float = RESPONSE_TIMEOUT,
+                on_event: EventSink | None = None, open_timeout: float = 5.0
+                ) -> "FastbootClient":
+        link = open_link(url, open_timeout, min(TCP_HANDSHAKE_TIMEOUT, timeout))
+        return cls(link, timeout, on_event)
+
+    def close(self) -> None:
+        self.link.transport.close()
+
+    def __enter__(self) -> "FastbootClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --------------------------------------------------------------- one command
+    def command(self, text: str) -> str:
+        """Send one command; the OKAY message, or DEVICE_REFUSED carrying the FAIL text."""
+        return self._expect_okay(text, self._run(text))
+
+    def _run(self, text: str) -> HostEvent:
+        self.link.send_packet(self.engine.send_command(text))
+        return self._final(text)
+
+    def _expect_okay(self, text: str, event: HostEvent) -> str:
+        if isinstance(event, Fail):
+            raise ZflashError(Code.DEVICE_REFUSED, f"{text[:64]}: {event.message or 'FAIL'}")
+        if not isinstance(event, Okay):
+            raise ZflashError(Code.PROTOCOL, f"{text[:64]}: unexpected {event!r}")
+        return event.message
+
+    def _final(self, what: str) -> HostEvent:
+        """Wait for OKAY/FAIL/DATA; INFO and TEXT are reported and restart the clock."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            event = self._next_event(what, deadline)
+            if isinstance(event, (Info, Text)):
+                kind = "info" if isinstance(event, Info) else "text"
+                self.on_event({"event": kind, "message": event.message})
+                deadline = time.monotonic() + self.timeout
+                continue
+            return event
+
+    def _next_event(self, what: str, deadline: float) -> HostEvent:
+        while not self._events:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.engine.state = HostState.BROKEN
+                raise ZflashError(Code.TIMEOUT, f"no answer to {what[:64]!r} within "
+                                                f"{self.timeout:g} s")
+            try:
+                fragments = self.link.receive(left)
+            except ZflashError as exc:
+                if exc.code == Code.TIMEOUT:
+                    continue
+                raise ZflashError(exc.code, f"waiting for {what[:64]!r}: {exc.detail}") from None
+            for data, end in fragments:
+                self._events.extend(self.engine.receive(data, end))
+        return self._events.popleft()
+
+    # --------------------------------------------------------------- variables
+    def getvar(self, name: str, cached: bool = False) -> str | None:
+        """A variable's value; None when the device does not know it (FAIL or empty OKAY)."""
+        if cached and name in self._vars:
+            return self._vars[name]
+        event = self._run(f"getvar:{name}")
+        value = event.message.strip() if isinstance(event, Okay) else None
+        if not isinstance(event, (Okay, Fail)):
+            raise ZflashError(Code.PROTOCOL, f"getvar:{name}: unexpected {event!r}")
+        self._vars[name] = value or None
+        return value or None
+
+    def getvar_all(self) -> dict[str, str]:
+        """``getvar all``: every INFO line that reads as ``name: value``."""
+        lines: list[str] = []
+        previous = self.on_event
+
+        def collect(event: dict[str, Any]) -> None:
+            if event.get("event") == "info":
+                lines.append(str(event["message"]))
+            previous(event)
+
+        self.on_event = collect
+        try:
+            self.command("getvar:all")
+        finally:
+            self.on_event = previous
+        result: dict[str, str] = {}
+        for line in lines:
+            parsed = parse_var_line(line)
+            if parsed:
+                result[parsed[0]] = parsed[1]
+        return result
+
+    def max_download_size(self) -> int | None:
+        value = self.getvar("max-download-size", cached=True)
+        return parse_size(value, "max-download-size") if value else None
+
+    def partition_size(self, partition: str) -> int | None:
+        value = self.getvar(f"partition-size:{partition}", cached=True)
+        return parse_size(value, f"partition-size:{partition}") if value else None
+
+    def slot_count(self) -> int:
+        value = self.getvar("slot-count", cached=True)
+        try:
+            return parse_size(value, "slot-count") if value else 0
+        except ZflashError:
+            return 0  # a device that garbles this has no usable slots
+
+    def current_slot(self) -> str | None:
+        value = self.getvar("current-slot")
+        return parse_slot(value) if value else None
+
+    def has_slot(self, partition: str) -> bool:
+        return parse_bool(self.getvar(f"has-slot:{partition}", cached=True) or "") is True
+
+    # --------------------------------------------------------------- slots
+    def slots(self) -> list[str]:
+        return [chr(ord("a") + i) for i in range(min(self.slot_count(), 26))]
+
+    def resolve_slot(self, slot: str | None) -> str | None:
+        """``a``/``_a``/``b``/``other`` -> a slot letter the device has (``all`` is not one)."""
+        if slot is None or slot == "":
+            return None
+        slots = self.slots()
+        if not slots:
+            raise ZflashError(Code.SLOT, f"--slot {slot}: the device reports no slots")
+        if slot == "other":
+            current = self.current_slot()
+            if current not in slots:
+                raise ZflashError(Code.SLOT, f"cannot tell the other slot: current slot is "
+                                             f"{current!r}")
+            return slots[(slots.index(current) + 1) % len(slots)]
+        letter = parse_slot(slot)
+        if letter not in slots:
+            raise ZflashError(Code.SLOT, f"no slot {slot!r}; the device has "
+                                         f"{', '.join(slots)}")
+        return letter
+
+    def partition_names(self, partition: str, slot: str | None) -> list[str]:
+        """What ``flash PART`` writes, as the stock client decides: PART_x for slotted
+        partitions (the current slot unless ``slot`` says otherwise; ``all`` = every slot),
+        PART as is otherwise."""
+        if not self.has_slot(partition):
+            if slot:
+                self.on_event({"event": "warning", "message": f"{partition} has no slots; "
+                               f"--slot {slot} ignored"})
+            return [partition]
+        if slot == "all":
+            return [f"{partition}_{s}" for s in self.slots()]
+        letter = self.resolve_slot(slot) or self.current_slot()
+        if letter is None:
+            raise ZflashError(Code.SLOT, f"{partition} has slots but the device reports no "
+                                         "current slot; pass --slot")
+        return [f"{partition}_{letter}"]
+
+    # --------------------------------------------------------------- data
+    def download(self, source: BinaryIO, size: int, what: str = "") -> None:
+        """``download:`` + the data phase, streamed from ``source`` (``size`` bytes)."""
+        self._expect_data(self._start_download(size), size)
+        self._send_stream(source, size, what)
+        self._expect_okay(f"download of {size} bytes", self._final("download"))
+
+    def _start_download(self, size: int) -> HostEvent:
+        self.link.send_packet(self.engine.send_download(size))
+        return self._final("download")
+
+    def _expect_data(self, event: HostEvent, size: int) -> None:
+        if isinstance(event, Fail):
+            raise ZflashError(Code.DEVICE_REFUSED, f"download of {size} bytes: "
+                                                   f"{event.message or 'FAIL'}")
+        if not isinstance(event, DataRequest):
+            raise ZflashError(Code.PROTOCOL, f"device answered download with {event!r}")
+
+    def _send_stream(self, source: BinaryIO, size: int, what: str) -> None:
+        buf = bytearray(min(DATA_PIECE, size))
+        view = memoryview(buf)
+        sent = 0
+        try:
+            self.link.begin_data(size)
+            while sent < size:
+                n = source.readinto(view[:min(len(buf), size - sent)])  # type: ignore[attr-defined]
+                if not n:
+                    raise ZflashError(Code.FILE_UNREADABLE, f"{what or 'image'} ended after "
+                                                            f"{sent} of {size} bytes")
+                self.link.send_data(self.engine.send_data(view[:n]))
+                sent += n
+                self.on_event({"event": "progress", "what": what, "sent": sent,
+                               "total": size})
+        except ZflashError as exc:
+            if exc.code in (Code.LINK_LOST, Code.TIMEOUT):
+                self._raise_device_reason(exc)
+            raise
+
+    def _raise_device_reason(self, exc: ZflashError) -> None:
+        """A write failed mid data phase: a device that said FAIL first deserves the credit."""
+        try:
+            for data, end in self.link.receive(FAIL_GRACE):
+                for event in self.engine.receive(data, end):
+                    if isinstance(event, Fail):
+                        raise ZflashError(Code.DEVICE_REFUSED, f"device stopped the download: "
+                                                               f"{event.message or 'FAIL'}")
+        except ZflashError as inner:
+            if inner.code == Code.DEVICE_REFUSED:
+                raise inner from None
+        raise exc
+
+    def upload(self, out: BinaryIO) -> int:
+        """``upload``: the device's staged data into ``out``; returns the byte count."""
+        event = self._run("upload")
+        if isinstance(event, Fail):
+            raise ZflashError(Code.DEVICE_REFUSED, f"upload: {event.message or 'FAIL'}")
+        if not isinstance(event, DataRequest):
+            raise ZflashError(Code.PROTOCOL, f"device answered upload with {event!r}")
+        received = 0
+        while received < event.size:
+            item = self._next_event("upload data", time.monotonic() + self.timeout)
+            if isinstance(item, UploadData):
+                out.write(item.data)
+                received += len(item.data)
+            else:
+                raise ZflashError(Code.PROTOCOL, f"device sent {item!r} inside upload data")
+        self._expect_okay("upload", self._final("upload"))
+        return received
+
+    # --------------------------------------------------------------- flashing
+    def flash_image(self, partition: str, path: str | os.PathLike[str],
+                    size_limit: int | None = None) -> int:
+        """Flash one image into one (already slot-suffixed) partition; returns pieces sent.
+
+        An image within the limit goes as it is (raw or sparse); a larger one is split into
+        complete sparse pieces, each ``download`` + ``flash``. Checked against
+        ``partition-size`` first when the device reports it (9023 before any write).
+        """
+        path = Path(path)
+        size, expanded, sparse = image_sizes(path)
+        capacity = self.partition_size(partition)
+        if capacity is not None and expanded > capacity:
+            raise ZflashError(Code.STORAGE, f"{path.name} expands to {expanded} bytes; "
+                                            f"{partition} holds {capacity}")
+        limit = size_limit or self.max_download_size()
+        self.on_event({"event": "partition", "partition": partition, "image": str(path),
+                       "bytes": size, "sparse": sparse})
+        if limit is None or size <= limit:
+            with _open(path) as source:
+                self.download(source, size, partition)
+            self.command(f"flash:{partition}")
+            return 1
+        count = 0
+        for piece in split_sparse(path, limit):
+            self.on_event({"event": "piece", "partition": partition, "index": piece.index,
+                           "bytes": piece.size})
+            self.download(piece.file, piece.size, f"{partition} piece {piece.index + 1}")
+            self.command(f"flash:{partition}")
+            count += 1
+        return count
+
+    def flash(self, partition: str, path: str | os.PathLike[str], slot: str | None = None,
+              size_limit: int | None = None) -> list[str]:
+        """``fastboot flash PART FILE`` with the stock client's slot rules; returns names."""
+        names = self.partition_names(partition, slot)
+        for name in names:
+            self.flash_image(name, path, size_limit)
+        return names
+
+    def erase(self, partition: str, slot: str | None = None) -> list[str]:
+        names = self.partition_names(partition, slot)
+        for name in names:
+            self.command(f"erase:{name}")
+        return names
+
+    def set_active(self, slot: str) -> str:
+        letter = self.resolve_slot(slot)
+        if letter is None:
+            raise ZflashError(Code.SLOT, "set_active needs a slot")
+        self.command(f"set_active:{letter}")
+        return letter
+
+    def reboot(self, target: str = "") -> None:
+        """``reboot``, or ``reboot-bootloader``/``-fastboot``/``-recovery``."""
+        if target not in ("", "bootloader", "fastboot", "recovery"):
+            raise ZflashError(Code.USAGE, f"cannot reboot into {target!r}; use bootloader, "
+                                          "fastboot or recovery")
+        self.command(f"reboot-{target}" if target else "reboot")
+
+    def oem(self, args: str) -> str:
+        return self.command(f"oem {args}")
+
+
+def image_sizes(path: Path) -> tuple[int, int, bool]:
+    """(file size, size once expanded, is sparse); a malformed sparse header is 9005."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+            if not is_sparse(head):
+                return size, size, False
+            handle.seek(0)
+            return size, SparseReader(handle).total_size, True
+    except OSError as exc:
+        raise ZflashError(Code.FILE_UNREADABLE, f"{path}: {exc.strerror}") from None
+
+
+def _open(path: Path) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise ZflashError(Code.FILE_UNREADABLE, f"{path}: {exc.strerror}") from None
+

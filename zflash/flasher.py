@@ -1,0 +1,261 @@
+"""One flash job: connect -> identify -> preflight -> plan -> transfer -> verify -> switch -> reboot.
+
+The job renders nothing: it reports progress as events (plain dicts with an ``event`` key)
+to a callback, and the CLI turns them into bars, lines or JSON. Every failure is a coded
+``ZflashError``; a refusal before anything was written lists every failed check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from zflash.checks import Failure, check_all
+from zflash.errors import Code, ZflashError
+from zflash.facts import DeviceFacts
+from zflash.package.format import KIND_ZERO, KIND_ZLIB, PartitionEntry, block_length
+from zflash.package.keys import TrustStore
+from zflash.package.reader import Package
+from zflash.protocol.zdl import (CODEC_NONE, CODEC_ZLIB, BeginUpdate, BlockHashes,
+                                 CommitPartition, Erase, Hashes, KeepBlocks, Kept, Ok, Reboot,
+                                 SetActive, UpdateReady)
+from zflash.transport.base import open_transport
+from zflash.zdl_session import SessionOptions, ZdlSession
+
+Emit = Callable[[dict[str, object]], None]
+HASH_BATCH = 4096  # blocks per BLOCK_HASHES request
+
+
+class PreflightRefused(ZflashError):
+    """The host's checks failed; nothing was sent to the device. ``failures`` lists all."""
+
+    def __init__(self, failures: list[Failure]) -> None:
+        self.failures = failures
+        super().__init__(failures[0].code, "; ".join(f.message for f in failures))
+
+
+@dataclass
+class FlashOptions:
+    skip_host_checks: bool = False
+    reboot: bool = True
+    wipe_userdata: bool = False
+    delta: bool = True
+    force_boot_failure: bool = False  # test devices only: the new slot fails to boot
+    session: SessionOptions = field(default_factory=SessionOptions)
+    timeout: float = 5.0
+
+
+@dataclass
+class FlashSummary:
+    image_bytes: int = 0
+    sent_bytes: int = 0
+    skipped_bytes: int = 0
+    resumed_blocks: int = 0
+    kept_blocks: int = 0
+    zero_blocks: int = 0
+    wire_bytes: int = 0
+    retransmissions: int = 0
+    seconds: float = 0.0
+    slot: str | None = None
+    booted_slot: str | None = None
+    fell_back: bool = False
+
+    @property
+    def rate(self) -> float:
+        """Image bytes per second (what the user waited for)."""
+        return self.image_bytes / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return {**self.__dict__, "rate": round(self.rate, 1), "seconds": round(self.seconds, 3)}
+
+
+@contextmanager
+def open_session(url: str, options: SessionOptions | None = None, emit: Emit | None = None,
+                 timeout: float = 5.0) -> Iterator[ZdlSession]:
+    """Open the transport named by ``url`` and complete the ZDL handshake."""
+    transport = open_transport(url, timeout=timeout)
+    try:
+        session = ZdlSession(transport, options, emit)
+        info = session.connect()
+        (emit or (lambda e: None))({"event": "connected", "url": url,
+                                    "max_data": info.max_data, "window": info.window,
+                                    "codecs": list(info.codecs), "baud": info.baud})
+        yield session
+    finally:
+        transport.close()
+
+
+def read_device_facts(url: str, timeout: float = 5.0) -> DeviceFacts:
+    with open_session(url, timeout=timeout) as session:
+        return session.identify()
+
+
+def preflight(package: Package, facts: DeviceFacts, trust: TrustStore, emit: Emit) -> None:
+    """Every host check against the device's facts, and every block against its hash;
+    raise with all failures at once, before a byte goes to the device."""
+    failures = check_all(package.head, facts, trust)
+    if not any(f.check == "signature" for f in failures):
+        try:
+            package.verify(trust)
+        except ZflashError as exc:
+            failures.insert(0, Failure(exc.code, "blocks", exc.detail))
+    for failure in failures:
+        emit({"event": "check_failed", **failure.to_dict()})
+    if failures:
+        raise PreflightRefused(failures)
+    for check in ("signature", "blocks", "compatibility", "rollback", "storage"):
+        emit({"event": "check_passed", "check": check})
+
+
+def flash(url: str, package_path: Path, trust: TrustStore, options: FlashOptions,
+          emit: Emit) -> FlashSummary:
+    """Flash one package into one device; safe to run again after any interruption."""
+    started = time.monotonic()
+    summary = FlashSummary()
+    with Package(package_path) as package, \
+            open_session(url, options.session, emit, options.timeout) as session:
+        facts = session.identify()
+        emit({"event": "device", "facts": facts.to_dict()})
+        if options.skip_host_checks:
+            emit({"event": "checks_skipped"})
+        else:
+            preflight(package, facts, trust, emit)
+        manifest = package.manifest
+        summary.image_bytes = manifest.image_size
+        head = package.head.head_bytes()
+        ready = session.request(BeginUpdate(head), UpdateReady)
+        assert isinstance(ready, UpdateReady)
+        summary.slot = ready.slot
+        emit({"event": "update_ready", "slot": ready.slot, "session": ready.session})
+        for index, part in enumerate(manifest.partitions):
+            have = _expand(ready.have.get(index, ()))
+            _flash_partition(session, package, index, part, have, ready.slot, options,
+                             summary, emit)
+        if options.wipe_userdata:
+            session.request(Erase("userdata", None), Ok)
+            emit({"event": "userdata_wiped"})
+        if any(p.slotted for p in manifest.partitions) and ready.slot:
+            session.request(SetActive(ready.slot), Ok)
+            emit({"event": "slot_switched", "slot": ready.slot})
+        stats = session.stats
+        summary.wire_bytes = stats["bytes_sent"]
+        summary.retransmissions = stats["retransmissions"]
+        if options.reboot:
+            boot = reboot(session, options.force_boot_failure, emit)
+            summary.booted_slot = boot.get("booted_slot")  # type: ignore[assignment]
+            summary.fell_back = bool(boot.get("fell_back"))
+    summary.seconds = time.monotonic() - started
+    emit({"event": "done", **summary.to_dict()})
+    if summary.fell_back:
+        raise ZflashError(Code.BOOT_FAILED, f"slot {summary.slot} did not boot; the device "
+                                            f"runs slot {summary.booted_slot} again")
+    return summary
+
+
+def reboot(session: ZdlSession, force_boot_failure: bool, emit: Emit) -> dict[str, object]:
+    options = {"force_boot_failure": True} if force_boot_failure else {}
+    answer = session.request(Reboot(options), Ok)
+    boot = dict(answer.info.get("boot") or {})  # type: ignore[attr-defined]
+    emit({"event": "rebooted", **boot})
+    return boot
+
+
+def _expand(ranges: tuple[tuple[int, int], ...]) -> set[int]:
+    return {block for first, count in ranges for block in range(first, first + count)}
+
+
+def _flash_partition(session: ZdlSession, package: Package, index: int, part: PartitionEntry,
+                     have: set[int], slot: str | None, options: FlashOptions,
+                     summary: FlashSummary, emit: Emit) -> None:
+    table = package.head.tables[part.name]
+    zero = {i for i, e in enumerate(table) if e.kind == KIND_ZERO}
+    resumed = have - zero
+    summary.resumed_blocks += len(resumed)
+    summary.zero_blocks += len(zero)
+    if options.delta and part.slotted and slot:
+        have |= _delta(session, index, part, slot, have, package)
+    kept = len(have) - len(resumed) - len(zero & have)
+    summary.kept_blocks += max(0, kept)
+    skipped = sum(block_length(part, i) for i in have)
+    summary.skipped_bytes += skipped
+    emit({"event": "partition_started", "partition": part.name, "size": part.size,
+          "skipped_bytes": skipped, "slot": slot if part.slotted else None})
+    codec_zlib = "zlib" in (session.session.codecs if session.session else ())
+
+    def blocks() -> Iterator[tuple[int, int, int, bytes]]:
+        for block, entry, stored in package.iter_stored(part):
+            if block in have:
+                continue
+            if entry.kind == KIND_ZLIB:
+                if codec_zlib:
+                    yield index, block, CODEC_ZLIB, stored
+                    summary.sent_bytes += len(stored)
+                    continue
+                stored = zlib.decompress(stored)
+            yield index, block, CODEC_NONE, stored
+            summary.sent_bytes += len(stored)
+
+    def on_acked(count: int) -> None:
+        emit({"event": "bytes_sent", "partition": part.name, "bytes": count})
+
+    session.write_blocks(blocks(), on_acked)
+    answer = session.request(CommitPartition(index), Ok)
+    emit({"event": "verified", "partition": part.name,
+          "sha256": answer.info.get("sha256")})  # type: ignore[attr-defined]
+
+
+def _delta(session: ZdlSession, index: int, part: PartitionEntry, slot: str, have: set[int],
+           package: Package) -> set[int]:
+    """Blocks already on the target slot (an earlier flash of the same build): keep them."""
+    table = package.head.tables[part.name]
+    candidates = []
+    for first in range(0, part.block_count, HASH_BATCH):
+        count = min(HASH_BATCH, part.block_count - first)
+        answer = session.request(BlockHashes(part.name, slot, first, count, part.block_size),
+                                 Hashes)
+        for offset, digest in enumerate(answer.digests):  # type: ignore[attr-defined]
+            block = first + offset
+            if block not in have and digest == table[block].sha256 and table[block].stored_size:
+                candidates.append(block)
+    if not candidates:
+        return set()
+    ranges = _ranges(candidates)
+    kept = session.request(KeepBlocks(index, ranges), Kept)
+    return _expand(kept.ranges)  # type: ignore[attr-defined]
+
+
+def _ranges(blocks: list[int]) -> tuple[tuple[int, int], ...]:
+    ranges: list[list[int]] = []
+    for block in sorted(blocks):
+        if ranges and sum(ranges[-1]) == block:
+            ranges[-1][1] += 1
+        else:
+            ranges.append([block, 1])
+    return tuple((f, c) for f, c in ranges)
+
+
+def backup(url: str, partition: str, slot: str | None, out: Path, emit: Emit,
+           options: SessionOptions | None = None) -> tuple[int, str]:
+    """Read a partition back to ``out``; returns (bytes, SHA-256)."""
+    digest = hashlib.sha256()
+    with open_session(url, options, emit) as session:
+        facts = session.identify()
+        info = facts.partition(partition)
+        if info is None:
+            raise ZflashError(Code.NO_SUCH_PARTITION, f"device has no partition {partition!r}")
+        if info.slotted and slot is None:
+            slot = facts.current_slot
+        tmp = out.with_name(f".{out.name}.part")
+        with open(tmp, "wb") as handle:
+            def sink(data: bytes) -> None:
+                handle.write(data)
+                digest.update(data)
+                emit({"event": "bytes_received", "bytes": len(data)})
+            session.read(partition, slot if info.slotted else None, 0, info.size, sink)
+        tmp.replace(out)
+    return info.size, digest.hexdigest()
