@@ -6,9 +6,10 @@ one 256 MiB slotted partition and max-download-size 256 MiB, and the clients fla
 256 MiB image into it, alternating: the stock client as a process (`fastboot -s tcp:...
 flash system IMG`), zflash's client as a library call (`FastbootClient.flash`, timed in
 this process from connect to the flash OKAY), and zflash's CLI as a process (`python -m
-zflash fastboot ... flash`), which adds the interpreter start and the CLI's imports. Between runs an untimed getvar waits for the device to finish the
-previous connection, and the partition is checked against the image. Not a test: the table
-goes into the README. Target: zflash / stock <= 1.1.
+zflash fastboot ... flash`), which adds the interpreter start and the CLI's imports.
+Before each run the partition is erased and an untimed getvar waits until the device has
+finished the previous connection; after it the partition is checked against the image.
+Not a test: the table goes into the README. Target: zflash client / stock <= 1.1.
 
     python bench/bench_fastboot.py                 # 256 MiB, 3 rounds each
     python bench/bench_fastboot.py --size-mib 64 --rounds 5

@@ -51,9 +51,10 @@ def test_getvar_and_urls(served: tuple[EmulatedDevice, FastbootTcpServer]) -> No
         values = client.getvar_all()
     assert values["version-bootloader"] == "ZXBL-1.0" and values["slot-count"] == "2"
     assert normalize_url("tcp:h") == "fastboot+tcp://h"
-    with pytest.raises(ZflashError) as info:
-        normalize_url("udp:h")
-    assert info.value.code == Code.BAD_DEVICE_URL
+    for bad in ("udp:h", "serial:///dev/ttyUSB0"):
+        with pytest.raises(ZflashError) as info:
+            FastbootClient.connect(bad)
+        assert info.value.code == Code.BAD_DEVICE_URL
 
 
 def test_flash_raw_sparse_split_slots_and_reboot(served: tuple[EmulatedDevice,

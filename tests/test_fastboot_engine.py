@@ -281,12 +281,13 @@ def test_tcp_handshake_versions() -> None:
 # --- hostile bytes: only coded errors, never a traceback -------------------------------------
 
 packets = st.lists(st.tuples(st.binary(max_size=300), st.booleans()), max_size=12)
+Packets = list[tuple[bytes, bool]]
 
 
 @FUZZ
 @given(command=st.sampled_from(["getvar:all", "download:00000010", "upload", "flash:boot"]),
        received=packets)
-def test_host_engine_random_device_bytes(command: str, received: list) -> None:  # type: ignore[type-arg]
+def test_host_engine_random_device_bytes(command: str, received: Packets) -> None:
     host = HostEngine()
     host.send_command(command)
     try:
@@ -302,7 +303,7 @@ def test_host_engine_random_device_bytes(command: str, received: list) -> None: 
 
 @FUZZ
 @given(received=packets)
-def test_device_engine_random_host_bytes(received: list) -> None:  # type: ignore[type-arg]
+def test_device_engine_random_host_bytes(received: Packets) -> None:
     device = DeviceEngine()
     try:
         for data, end in received:

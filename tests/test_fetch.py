@@ -532,34 +532,44 @@ def test_version_order():
     assert sorted(shuffled, key=version_key) == ordered
 
 
-def test_fetch_for_device_calls_the_flasher(tmp_path, certs, folder, serve):
-    """--for asks zflash.flasher.read_device_facts (a stand-in here) and selects with it."""
+def test_fetch_for_device_reads_the_emulated_device(tmp_path, certs, folder, serve):
+    """--for asks a real (emulated) device over ZDL and picks the newest package for it."""
+    from emulator_helpers import demo_profile
+    from zflash.emulator.runner import EmulatorRunner
     _publish(folder, version=5)
     server = serve(folder)
-    stand_in = (
-        "import sys, types\n"
-        "from zflash.facts import DeviceFacts\n"
-        "def read_device_facts(url):\n"
-        "    print('asked', url, file=sys.stderr)\n"
-        "    return DeviceFacts(product='zx-demo', hardware_revision='A01', baseband='ZXB-100',"
-        " serial='T1', protocol_version=1, flash_size=1, cache_size=1, cache_free=1,"
-        " rollback_indexes={0: 3})\n"
-        "sys.modules['zflash.flasher'] = types.SimpleNamespace("
-        "read_device_facts=read_device_facts)\n"
-        "from zflash.cli import main\n"
-        "main()\n")
-    args = ["fetch", server.url + "catalog.json", "--for", "tcp://127.0.0.1:5554",
-            "--pin", certs["good"].pin, "--ca-file", str(certs["ca"].cert),
-            "--trust", str(SIGNING_PUB), "--json"]
-    done = subprocess.run([sys.executable, "-c", stand_in, *args], capture_output=True,
-                          check=False, text=True, env=_cli_env(tmp_path), cwd=REPO, timeout=60)
+    with EmulatorRunner(tmp_path / "dev", demo_profile()) as runner:
+        url = runner.start_tcp(0)
+        args = ["fetch", server.url + "catalog.json", "--for", url,
+                "--pin", certs["good"].pin, "--ca-file", str(certs["ca"].cert),
+                "--trust", str(SIGNING_PUB), "--json"]
+        done = subprocess.run([sys.executable, "-m", "zflash", *args], capture_output=True,
+                              check=False, text=True, env=_cli_env(tmp_path), cwd=REPO,
+                              timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "asked tcp://127.0.0.1:5554" in done.stderr
     final = json.loads(done.stdout.strip().splitlines()[-1])
     assert final["event"] == "result" and final["version"] == "1.2.0"
 
 
-# ------------------------------------------------------------------------------ real CLI
+def test_flash_latest_fetches_and_flashes(tmp_path, certs, folder, serve):
+    """`flash --latest`: device facts -> catalog choice -> pinned download -> flash."""
+    from emulator_helpers import demo_profile
+    from zflash.emulator.runner import EmulatorRunner
+    _publish(folder, version=5)
+    server = serve(folder)
+    with EmulatorRunner(tmp_path / "dev", demo_profile()) as runner:
+        url = runner.start_tcp(0)
+        args = ["flash", "-d", url, "--latest", server.url + "catalog.json",
+                "--pin", certs["good"].pin, "--ca-file", str(certs["ca"].cert),
+                "--trust", str(SIGNING_PUB), "--json"]
+        done = subprocess.run([sys.executable, "-m", "zflash", *args], capture_output=True,
+                              check=False, text=True, env=_cli_env(tmp_path), cwd=REPO,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        facts = runner.device.facts()
+    assert facts.current_slot == "b" and facts.rollback_indexes[0] == 3  # 1.2.0 booted
+
+
 def _cli_env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(XDG_CONFIG_HOME=str(tmp_path / "config"), XDG_CACHE_HOME=str(tmp_path / "xc"),

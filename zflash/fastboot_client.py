@@ -15,16 +15,17 @@ them (one read = one packet, the fastboot USB rule).
 
 from __future__ import annotations
 
+import mmap
 import os
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 from zflash.errors import Code, ZflashError
 from zflash.package.sparse import SparseReader, is_sparse, split_sparse
-from zflash.protocol.fastboot.constants import (DEFAULT_TCP_PORT, MAX_RESPONSE,
-                                                RESPONSE_TIMEOUT, TCP_HANDSHAKE_TIMEOUT)
+from zflash.protocol.fastboot.constants import (DEFAULT_TCP_PORT, RESPONSE_TIMEOUT,
+                                                TCP_HANDSHAKE_TIMEOUT)
 from zflash.protocol.fastboot.events import (DataRequest, Fail, HostEvent, Info, Okay, Text,
                                              UploadData)
 from zflash.protocol.fastboot.host import HostEngine, HostState
@@ -56,7 +57,7 @@ class PacketLink:
         self.transport.write(data)
 
     def receive(self, timeout: float) -> list[tuple[bytes | memoryview, bool]]:
-        return [(self.transport.read(max(READ_SIZE, MAX_RESPONSE), timeout), True)]
+        return [(self.transport.read(READ_SIZE, timeout), True)]
 
 
 class TcpLink(PacketLink):
@@ -100,6 +101,9 @@ def open_link(url: str, timeout: float = 5.0,
               handshake_timeout: float = TCP_HANDSHAKE_TIMEOUT) -> PacketLink:
     """Open the device named by ``url`` and wrap it in the fastboot link it needs."""
     url = normalize_url(url)
+    if not url.startswith(("fastboot+tcp://", "usb://")):
+        raise ZflashError(Code.BAD_DEVICE_URL, f"{url!r}: fastboot runs over TCP "
+                                               "(fastboot+tcp://HOST[:PORT]) or USB (usb://)")
     transport = open_transport(url, timeout)
     try:
         if transport.is_stream:
@@ -318,18 +322,12 @@ class FastbootClient:
             raise ZflashError(Code.PROTOCOL, f"device answered download with {event!r}")
 
     def _send_stream(self, source: BinaryIO, size: int, what: str) -> None:
-        buf = bytearray(min(DATA_PIECE, size))
-        view = memoryview(buf)
         sent = 0
         try:
             self.link.begin_data(size)
-            while sent < size:
-                n = source.readinto(view[:min(len(buf), size - sent)])  # type: ignore[attr-defined]
-                if not n:
-                    raise ZflashError(Code.FILE_UNREADABLE, f"{what or 'image'} ended after "
-                                                            f"{sent} of {size} bytes")
-                self.link.send_data(self.engine.send_data(view[:n]))
-                sent += n
+            for piece in _pieces(source, size, what):
+                self.link.send_data(self.engine.send_data(piece))
+                sent += len(piece)
                 self.on_event({"event": "progress", "what": what, "sent": sent,
                                "total": size})
         except ZflashError as exc:
@@ -430,6 +428,48 @@ class FastbootClient:
 
     def oem(self, args: str) -> str:
         return self.command(f"oem {args}")
+
+
+def _pieces(source: BinaryIO, size: int, what: str) -> Iterator[memoryview]:
+    """``size`` bytes of ``source`` in DATA_PIECE views: straight from a memory map when
+    the source is a regular file (no copy in user space, as the stock client does), else
+    through one reused buffer."""
+    mapped = _map(source, size)
+    if mapped is not None:
+        try:
+            with memoryview(mapped) as view:
+                for start in range(0, size, DATA_PIECE):
+                    with view[start:start + DATA_PIECE] as piece:  # released before unmapping
+                        yield piece
+        finally:
+            try:
+                mapped.close()
+            except BufferError:
+                pass  # a traceback still holds a view of it; the unmap happens with the GC
+        source.seek(size, os.SEEK_CUR)
+        return
+    buf = bytearray(min(DATA_PIECE, size))
+    view = memoryview(buf)
+    done = 0
+    while done < size:
+        n = source.readinto(view[:min(len(buf), size - done)])  # type: ignore[attr-defined]
+        if not n:
+            raise ZflashError(Code.FILE_UNREADABLE, f"{what or 'image'} ended after {done} "
+                                                    f"of {size} bytes")
+        done += n
+        yield view[:n]
+
+
+def _map(source: BinaryIO, size: int) -> mmap.mmap | None:
+    """A read-only map of the next ``size`` bytes, if the source is a file that holds them."""
+    try:
+        offset = source.tell()
+        fd = source.fileno()
+        if offset % mmap.ALLOCATIONGRANULARITY or os.fstat(fd).st_size < offset + size:
+            return None
+        return mmap.mmap(fd, size, access=mmap.ACCESS_READ, offset=offset)
+    except (AttributeError, OSError, ValueError):
+        return None  # a pipe, an in-memory file, a spooled piece: use the buffer
 
 
 def image_sizes(path: Path) -> tuple[int, int, bool]:

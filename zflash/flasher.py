@@ -28,7 +28,7 @@ from zflash.transport.base import open_transport
 from zflash.zdl_session import SessionOptions, ZdlSession
 
 Emit = Callable[[dict[str, object]], None]
-HASH_BATCH = 4096  # blocks per BLOCK_HASHES request
+HASH_BATCH = 65536  # blocks per BLOCK_HASHES request (the protocol's maximum)
 
 
 class PreflightRefused(ZflashError):
@@ -121,20 +121,26 @@ def flash(url: str, package_path: Path, trust: TrustStore, options: FlashOptions
             open_session(url, options.session, emit, options.timeout) as session:
         facts = session.identify()
         emit({"event": "device", "facts": facts.to_dict()})
+        manifest = package.manifest
+        # The device hashes its inactive slot (for delta) while the host checks the package.
+        on_flash = _DeltaProbe(session, package, facts) if options.delta else None
+        if on_flash:
+            on_flash.start()
         if options.skip_host_checks:
             emit({"event": "checks_skipped"})
         else:
             preflight(package, facts, trust, emit)
-        manifest = package.manifest
+        on_device = on_flash.finish() if on_flash else {}
         summary.image_bytes = manifest.image_size
-        head = package.head.head_bytes()
-        ready = session.request(BeginUpdate(head), UpdateReady)
+        ready = session.request(BeginUpdate(package.head.head_bytes()), UpdateReady)
         assert isinstance(ready, UpdateReady)
         summary.slot = ready.slot
         emit({"event": "update_ready", "slot": ready.slot, "session": ready.session})
         for index, part in enumerate(manifest.partitions):
             have = _expand(ready.have.get(index, ()))
-            _flash_partition(session, package, index, part, have, ready.slot, options,
+            candidates = on_device.get(index, set()) - have if ready.slot == facts.inactive_slot \
+                else set()
+            _flash_partition(session, package, index, part, have, candidates, ready.slot,
                              summary, emit)
         if options.wipe_userdata:
             session.request(Erase("userdata", None), Ok)
@@ -170,17 +176,17 @@ def _expand(ranges: tuple[tuple[int, int], ...]) -> set[int]:
 
 
 def _flash_partition(session: ZdlSession, package: Package, index: int, part: PartitionEntry,
-                     have: set[int], slot: str | None, options: FlashOptions,
+                     have: set[int], candidates: set[int], slot: str | None,
                      summary: FlashSummary, emit: Emit) -> None:
     table = package.head.tables[part.name]
     zero = {i for i, e in enumerate(table) if e.kind == KIND_ZERO}
-    resumed = have - zero
-    summary.resumed_blocks += len(resumed)
+    summary.resumed_blocks += len(have - zero)
     summary.zero_blocks += len(zero)
-    if options.delta and part.slotted and slot:
-        have |= _delta(session, index, part, slot, have, package)
-    kept = len(have) - len(resumed) - len(zero & have)
-    summary.kept_blocks += max(0, kept)
+    if candidates:
+        kept = session.request(KeepBlocks(index, _ranges(sorted(candidates))), Kept)
+        kept_blocks = _expand(kept.ranges)  # type: ignore[attr-defined]
+        summary.kept_blocks += len(kept_blocks - have)
+        have |= kept_blocks
     skipped = sum(block_length(part, i) for i in have)
     summary.skipped_bytes += skipped
     emit({"event": "partition_started", "partition": part.name, "size": part.size,
@@ -209,24 +215,47 @@ def _flash_partition(session: ZdlSession, package: Package, index: int, part: Pa
           "sha256": answer.info.get("sha256")})  # type: ignore[attr-defined]
 
 
-def _delta(session: ZdlSession, index: int, part: PartitionEntry, slot: str, have: set[int],
-           package: Package) -> set[int]:
-    """Blocks already on the target slot (an earlier flash of the same build): keep them."""
-    table = package.head.tables[part.name]
-    candidates = []
-    for first in range(0, part.block_count, HASH_BATCH):
-        count = min(HASH_BATCH, part.block_count - first)
-        answer = session.request(BlockHashes(part.name, slot, first, count, part.block_size),
-                                 Hashes)
-        for offset, digest in enumerate(answer.digests):  # type: ignore[attr-defined]
-            block = first + offset
-            if block not in have and digest == table[block].sha256 and table[block].stored_size:
-                candidates.append(block)
-    if not candidates:
-        return set()
-    ranges = _ranges(candidates)
-    kept = session.request(KeepBlocks(index, ranges), Kept)
-    return _expand(kept.ranges)  # type: ignore[attr-defined]
+class _DeltaProbe:
+    """Hashes of the blocks already on the device's inactive slot, asked for early.
+
+    The first BLOCK_HASHES request goes out before the host's own checks and is collected
+    after them, so the device hashes its flash while the host hashes the package. Only
+    BLOCK_HASHES (read-only) is sent before the checks pass; nothing is written.
+    """
+
+    def __init__(self, session: ZdlSession, package: Package, facts: DeviceFacts) -> None:
+        self.session, self.package, self.slot = session, package, facts.inactive_slot
+        self.requests: list[tuple[int, PartitionEntry, int, int]] = []
+        for index, part in enumerate(package.manifest.partitions):
+            on_device = facts.partition(part.name)
+            if not (part.slotted and self.slot and on_device and on_device.slotted):
+                continue
+            blocks = min(part.block_count, -(-on_device.size // part.block_size))
+            for first in range(0, blocks, HASH_BATCH):
+                self.requests.append((index, part, first, min(HASH_BATCH, blocks - first)))
+        self.found: dict[int, set[int]] = {}
+
+    def _ask(self) -> None:
+        index, part, first, count = self.requests[0]
+        self.session.start_request(BlockHashes(part.name, self.slot, first, count,
+                                               part.block_size))
+
+    def start(self) -> None:
+        if self.requests:
+            self._ask()
+
+    def finish(self) -> dict[int, set[int]]:
+        while self.requests:
+            index, part, first, _ = self.requests.pop(0)
+            answer = self.session.finish_request(Hashes)
+            table = self.package.head.tables[part.name]
+            for offset, digest in enumerate(answer.digests):  # type: ignore[attr-defined]
+                block = first + offset
+                if digest == table[block].sha256 and table[block].stored_size:
+                    self.found.setdefault(index, set()).add(block)
+            if self.requests:
+                self._ask()
+        return self.found
 
 
 def _ranges(blocks: list[int]) -> tuple[tuple[int, int], ...]:

@@ -26,6 +26,9 @@ HELLO_INTERVAL = 0.5
 PONG_WAIT = 0.3
 PING_TRIES = 3
 DEVICE_FALLBACK = 1.2
+MIN_RTO = 0.3
+MIN_SILENCE = 10.0  # and at least MAX_SILENT_TIMEOUTS timeouts: a busy device may pause
+MIN_REQUEST_TIMEOUT = 3.0
 
 Emit = Callable[[dict[str, object]], None]
 
@@ -52,6 +55,8 @@ class ZdlSession:
         self.session: Session | None = None
         self.rejected: list[BlockRejected] = []
         self._silent = 0
+        self._silent_since = 0.0
+        self._measured_rate: float | None = None
         self._line_rate: float | None = (transport.baudrate / 10  # type: ignore[attr-defined]
                                          if transport.has_baudrate else None)
 
@@ -67,12 +72,33 @@ class ZdlSession:
 
     @property
     def rto(self) -> float:
+        """Retransmission timeout for block writes (zdl.md 5.4).
+
+        Twice the time one window takes at the link's rate: the measured delivery rate once
+        blocks have been acknowledged, else the nominal line rate (serial), else 2 s. A
+        nominal 115200 baud on a fast pty or USB-serial bridge would otherwise make one lost
+        frame cost minutes.
+        """
         if self.options.rto is not None:
             return self.options.rto
-        if self._line_rate and self.session:
+        rate = self._measured_rate or self._line_rate
+        if rate and self.session:
             window_bytes = self.session.window * (self.session.max_data + 16)
-            return max(0.5, 2 * window_bytes / self._line_rate)
+            nominal = 2 * window_bytes / self._line_rate if self._line_rate else 2.0
+            return max(MIN_RTO, min(2 * window_bytes / rate, max(nominal, MIN_RTO)))
         return 2.0
+
+    @property
+    def request_timeout(self) -> float:
+        """Requests may make the device work (hash a partition): wait longer than for ACKs."""
+        return max(self.rto, MIN_REQUEST_TIMEOUT)
+
+    def _note_progress(self, acked_bytes: int, seconds: float) -> None:
+        if seconds <= 0 or acked_bytes <= 0:
+            return
+        rate = acked_bytes / seconds
+        self._measured_rate = rate if self._measured_rate is None else \
+            0.7 * self._measured_rate + 0.3 * rate
 
     def _pump(self, timeout: float) -> Iterator[object]:
         """Wait up to ``timeout`` for input; yield every event it produced."""
@@ -82,9 +108,13 @@ class ZdlSession:
             if exc.code != Code.TIMEOUT:
                 raise
             self._silent += 1
-            if self._silent >= MAX_SILENT_TIMEOUTS:
-                raise ZflashError(Code.LINK_LOST, f"no answer from the device after "
-                                  f"{self._silent} timeouts of {timeout:.1f} s") from None
+            now = time.monotonic()
+            if self._silent == 1:
+                self._silent_since = now - timeout
+            if self._silent >= MAX_SILENT_TIMEOUTS and now - self._silent_since >= MIN_SILENCE:
+                raise ZflashError(Code.LINK_LOST, f"no answer from the device for "
+                                  f"{now - self._silent_since:.1f} s ({self._silent} "
+                                  "retransmission timeouts)") from None
             self._send(self.engine.timeout())
             return
         self._silent = 0
@@ -148,9 +178,17 @@ class ZdlSession:
     # ------------------------------------------------------------------ requests
     def request(self, message: Message, expect: type | tuple[type, ...]) -> object:
         """Send one request and wait for its answer; a device ERROR becomes its coded error."""
+        self.start_request(message)
+        return self.finish_request(expect)
+
+    def start_request(self, message: Message) -> None:
+        """Send a request without waiting, so the host can work while the device does."""
         self._send(self.engine.send(message))
+
+    def finish_request(self, expect: type | tuple[type, ...]) -> object:
+        """Wait for the answer to the request in flight."""
         while True:
-            for event in self._pump(self.rto):
+            for event in self._pump(self.request_timeout):
                 if isinstance(event, Error):
                     raise event.to_exception()
                 if isinstance(event, expect):
@@ -166,6 +204,7 @@ class ZdlSession:
         pending = iter(blocks)
         exhausted = False
         acked = self.engine.bytes_acked
+        last_progress = time.monotonic()
         while True:
             while not exhausted and self.engine.can_send_block():
                 item = next(pending, None)
@@ -181,9 +220,12 @@ class ZdlSession:
                 bad = self.rejected[0]
                 raise ZflashError(bad.code, f"device refused block {bad.block} of partition "
                                             f"{bad.partition}: {bad.message}")
-            if on_acked and self.engine.bytes_acked != acked:
-                on_acked(self.engine.bytes_acked - acked)
-                acked = self.engine.bytes_acked
+            if self.engine.bytes_acked != acked:
+                now = time.monotonic()
+                self._note_progress(self.engine.bytes_acked - acked, now - last_progress)
+                if on_acked:
+                    on_acked(self.engine.bytes_acked - acked)
+                acked, last_progress = self.engine.bytes_acked, now
 
     def read(self, partition: str, slot: str | None, offset: int, length: int,
              sink: Callable[[bytes], None]) -> None:
@@ -193,7 +235,7 @@ class ZdlSession:
             self._send(self.engine.send(ReadRequest(partition, slot, position, end - position)))
             done: ReadDone | None = None
             while done is None:
-                for event in self._pump(self.rto):
+                for event in self._pump(self.request_timeout):
                     if isinstance(event, Error):
                         raise event.to_exception()
                     if isinstance(event, Data):

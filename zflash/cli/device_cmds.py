@@ -11,6 +11,7 @@ import click
 
 from zflash.cli import main
 from zflash.cli.common import emit_json, load_trust, trust_options
+from zflash.cli.fetch_cmds import fetch_config, tls_options
 from zflash.cli.render import EventRenderer
 from zflash.errors import Code, ZflashError
 from zflash.facts import DeviceFacts
@@ -149,10 +150,13 @@ def info(url: str, baud: int | None, max_data: int, window: int, timeout: float,
 
 # ---------------------------------------------------------------------------------- flash
 @main.command()
-@click.argument("package", type=click.Path(path_type=Path))
+@click.argument("package", type=click.Path(path_type=Path), required=False)
 @device_option
 @trust_options
 @link_options
+@click.option("--latest", "catalog_url", metavar="CATALOG_URL",
+              help="Fetch the newest compatible package from this signed catalog, then flash.")
+@tls_options
 @click.option("--no-reboot", is_flag=True, help="Leave the device in download mode.")
 @click.option("--skip-host-checks", is_flag=True,
               help="Send without host checks (the device still enforces every rule).")
@@ -161,12 +165,21 @@ def info(url: str, baud: int | None, max_data: int, window: int, timeout: float,
 @click.option("--force-boot-failure", is_flag=True, hidden=True,
               help="Test devices: make the new slot fail its first boot.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line on stdout.")
-def flash(package: Path, url: str, trust_files: tuple[Path, ...], trust_dir: Path | None,
-          baud: int | None, max_data: int, window: int, timeout: float, no_reboot: bool,
-          skip_host_checks: bool, wipe_userdata: bool, no_delta: bool,
-          force_boot_failure: bool, as_json: bool) -> None:
-    """Flash a signed package into the device's inactive slot, verify, switch, reboot."""
+def flash(package: Path | None, url: str, trust_files: tuple[Path, ...],
+          trust_dir: Path | None, baud: int | None, max_data: int, window: int, timeout: float,
+          catalog_url: str | None, pins: tuple[str, ...], pin_file: Path | None,
+          pin_only: bool, ca_file: Path | None, cache_dir: Path | None,
+          state_file: Path | None, no_reboot: bool, skip_host_checks: bool,
+          wipe_userdata: bool, no_delta: bool, force_boot_failure: bool, as_json: bool) -> None:
+    """Flash a signed package (or, with --latest, the newest one from a catalog) into the
+    device's inactive slot, verify, switch, reboot."""
     trust = load_trust(trust_files, trust_dir)
+    if (package is None) == (catalog_url is None):
+        raise ZflashError(Code.USAGE, "give a PACKAGE file or --latest CATALOG_URL (not both)")
+    if catalog_url:
+        package = fetch_latest_for(url, catalog_url, trust, as_json, pins, pin_file, pin_only,
+                                   ca_file, cache_dir, state_file)
+    assert package is not None
     options = FlashOptions(skip_host_checks=skip_host_checks, reboot=not no_reboot,
                            wipe_userdata=wipe_userdata, delta=not no_delta,
                            force_boot_failure=force_boot_failure,
@@ -186,6 +199,28 @@ def flash(package: Path, url: str, trust_files: tuple[Path, ...], trust_dir: Pat
             click.echo(f"device now runs slot {summary.booted_slot}")
         elif summary.slot:
             click.echo(f"slot {summary.slot} is active; reboot the device to run it")
+
+
+def fetch_latest_for(url: str, catalog_url: str, trust: Any, as_json: bool,
+                     pins: tuple[str, ...], pin_file: Path | None, pin_only: bool,
+                     ca_file: Path | None, cache_dir: Path | None,
+                     state_file: Path | None) -> Path:
+    """The newest compatible package for the device at ``url``, downloaded and verified."""
+    from zflash.cli.fetch_cmds import EventRenderer as FetchRenderer
+    from zflash.fetch.remote import fetch_latest
+    from zflash.flasher import read_device_facts
+    facts = read_device_facts(url)
+    render = FetchRenderer(as_json)
+    try:
+        config = fetch_config(pins, pin_file, pin_only, ca_file, cache_dir, state_file, 30.0,
+                              trust, render)
+        entry, result = fetch_latest(catalog_url, facts, config)
+    finally:
+        render.close()
+    if not as_json:
+        click.echo(f"latest for {facts.product} {facts.hardware_revision}/{facts.baseband}: "
+                   f"{entry.name} (version {result.version})", err=True)
+    return result.path
 
 
 # ---------------------------------------------------------------------------------- slot

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import re
 import sys
 import time
@@ -78,17 +77,9 @@ def _rollback_indexes(values: tuple[str, ...]) -> dict[int, int]:
 
 
 def _device_facts(device_url: str) -> DeviceFacts:
-    """Ask the connected device, through the flasher (imported only when --for is used)."""
-    try:
-        reader = importlib.import_module("zflash.flasher").read_device_facts
-    except (ImportError, AttributeError):
-        raise ZflashError(Code.USAGE, "--for needs device support that this build of "
-                                      "zflash lacks; give --product/--hw-rev/--baseband/"
-                                      "--rollback-index instead") from None
-    facts = reader(device_url)
-    if not isinstance(facts, DeviceFacts):
-        raise ZflashError(Code.INTERNAL, "read_device_facts returned no DeviceFacts")
-    return facts
+    """Ask the connected device (the flasher is imported only when --for is used)."""
+    from zflash.flasher import read_device_facts
+    return read_device_facts(device_url)
 
 
 def _explicit_facts(product: str | None, hw_rev: str | None, baseband: str | None,
@@ -105,22 +96,41 @@ def _explicit_facts(product: str | None, hw_rev: str | None, baseband: str | Non
                        rollback_indexes=_rollback_indexes(rollback))
 
 
+def tls_options(func: Any) -> Any:
+    """Options that say how to reach an update server: pins, CA, cache, catalog state."""
+    for option in reversed([
+        click.option("--pin", "pins", multiple=True, metavar="sha256/BASE64",
+                     help="Accepted server key (SHA-256 of its SubjectPublicKeyInfo); repeat "
+                          "to allow key rotation."),
+        click.option("--pin-file", type=click.Path(path_type=Path),
+                     help=f"JSON {{server: [pins]}} (default {default_pin_file()})."),
+        click.option("--pin-only", is_flag=True,
+                     help="Skip CA and hostname checks (self-signed or private server); the "
+                          "pin alone authenticates the server."),
+        click.option("--ca-file", type=click.Path(path_type=Path),
+                     help="CA certificates (PEM) to verify the server with, instead of the "
+                          "system's."),
+        click.option("--cache-dir", type=click.Path(path_type=Path),
+                     help=f"Download cache (default {default_cache_dir()})."),
+        click.option("--state-file", type=click.Path(path_type=Path),
+                     help=f"Newest catalog versions seen (default {default_state_file()})."),
+    ]):
+        func = option(func)
+    return func
+
+
+def fetch_config(pins: tuple[str, ...], pin_file: Path | None, pin_only: bool,
+                 ca_file: Path | None, cache_dir: Path | None, state_file: Path | None,
+                 timeout: float, trust: keymod.TrustStore, on_event: Any) -> FetchConfig:
+    from zflash.fetch.tls import TlsPolicy
+    policy = TlsPolicy.build(pins, pin_file, pin_only, ca_file, timeout)
+    return FetchConfig(policy=policy, trust=trust, cache_dir=cache_dir or default_cache_dir(),
+                       state_file=state_file or default_state_file(), on_event=on_event)
+
+
 @main.command()
 @click.argument("url")
-@click.option("--pin", "pins", multiple=True, metavar="sha256/BASE64",
-              help="Accepted server key (SHA-256 of its SubjectPublicKeyInfo); repeat to "
-                   "allow key rotation.")
-@click.option("--pin-file", type=click.Path(path_type=Path),
-              help=f"JSON {{server: [pins]}} (default {default_pin_file()}).")
-@click.option("--pin-only", is_flag=True,
-              help="Skip CA and hostname checks (self-signed or private server); the pin "
-                   "alone authenticates the server.")
-@click.option("--ca-file", type=click.Path(path_type=Path),
-              help="CA certificates (PEM) to verify the server with, instead of the system's.")
-@click.option("--cache-dir", type=click.Path(path_type=Path),
-              help=f"Download cache (default {default_cache_dir()}).")
-@click.option("--state-file", type=click.Path(path_type=Path),
-              help=f"Newest catalog versions seen (default {default_state_file()}).")
+@tls_options
 @click.option("--for", "device_url", metavar="DEVICE_URL",
               help="URL is a catalog: pick the newest package for this connected device.")
 @click.option("--product", help="URL is a catalog: the device's product.")
@@ -149,13 +159,10 @@ def fetch(url: str, pins: tuple[str, ...], pin_file: Path | None, pin_only: bool
                                       "--product/--hw-rev/--baseband to choose a package")
     from zflash.fetch.download import fetch_package
     from zflash.fetch.remote import fetch_latest
-    from zflash.fetch.tls import TlsPolicy
 
-    policy = TlsPolicy.build(pins, pin_file, pin_only, ca_file, timeout)
     render = EventRenderer(as_json)
-    config = FetchConfig(policy=policy, trust=load_trust(trust_files, trust_dir),
-                         cache_dir=cache_dir or default_cache_dir(),
-                         state_file=state_file or default_state_file(), on_event=render)
+    config = fetch_config(pins, pin_file, pin_only, ca_file, cache_dir, state_file, timeout,
+                          load_trust(trust_files, trust_dir), render)
     try:
         if selecting:
             facts = (_device_facts(device_url) if device_url

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 import click
@@ -23,12 +24,14 @@ class EventRenderer:
         self._overall: tqdm | None = None
         self._part: tqdm | None = None
         self.events: list[dict[str, Any]] = []
+        self._started = time.monotonic()
 
     def __call__(self, event: dict[str, Any]) -> None:
         self.events.append(event)
         if self.as_json:
             if event["event"] not in ("bytes_sent", "bytes_received"):
-                click.echo(json.dumps(event, sort_keys=True, default=str))
+                stamped = {**event, "elapsed": round(time.monotonic() - self._started, 3)}
+                click.echo(json.dumps(stamped, sort_keys=True, default=str))
             return
         handler = getattr(self, f"_on_{event['event']}", None)
         if handler:

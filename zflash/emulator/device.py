@@ -353,7 +353,8 @@ class EmulatedDevice:
                 state["priority"] = min(state["priority"], 14)
         state = self.meta["slots"][slot]
         state["priority"] = 15
-        if not state["successful"]:
+        if slot != self.meta["current_slot"]:  # boot_control: a newly active slot must prove itself
+            state["successful"] = False
             state["tries_left"] = SET_ACTIVE_TRIES
         self.storage.save_meta()
         if session is not None and session.target == slot:
@@ -424,13 +425,15 @@ class EmulatedDevice:
     def block_hashes(self, name: str, slot: str | None, first: int, count: int,
                      block_size: int) -> list[bytes]:
         spec = self.storage.spec(name)
-        if block_size <= 0 or block_size > (1 << 20) or count < 0 or count > 1 << 20:
-            raise ZflashError(Code.PROTOCOL, "block hash request out of bounds")
+        blocks = -(-spec.size // block_size) if block_size > 0 else 0
+        if block_size <= 0 or block_size > (1 << 24) or count < 1 or first + count > blocks:
+            raise ZflashError(Code.PROTOCOL, f"block hash request {first}+{count} outside "
+                                             f"{name} ({blocks} blocks of {block_size})")
         path = self.storage.partition_path(name, slot)
         hashes = []
         with open(path, "rb") as handle:
             handle.seek(first * block_size)
-            for index in range(first, min(first + count, -(-spec.size // block_size))):
+            for _ in range(count):
                 hashes.append(hashlib.sha256(handle.read(block_size)).digest())
         return hashes
 

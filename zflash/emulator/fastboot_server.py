@@ -86,8 +86,10 @@ class FastbootSession:
     def receive(self, data: bytes | memoryview, end: bool = True) -> Iterator[bytes]:
         """Feed one host packet (or a fragment, ``end=False``); yields the packets to send.
 
-        Iterate the result completely before the next call: actions that follow an answer
-        (the boot simulation after ``reboot``'s OKAY) run as the iterator is drained.
+        Lazy: nothing happens until the result is iterated, so always drain it (even for
+        download data, which yields nothing) before the next call. Actions that follow an
+        answer (the boot simulation after ``reboot``'s OKAY) run as it is drained. Over USB,
+        call it once per bulk OUT transfer and send each yielded packet as one IN transfer.
         """
         for event in self.engine.receive(data, end):
             if isinstance(event, DownloadData):
