@@ -163,3 +163,22 @@ def test_untrusted_key_file_is_not_a_trust_anchor_by_proximity():
     result = run("verify", str(SAMPLES / "zx-demo-1.1.0-untrusted-key.zpk"),
                  "--trust", str(SIGNING_PUB))
     assert_coded(result, Code.SIGNATURE)
+
+
+def test_lazy_command_map_matches_the_registered_commands():
+    """Every command a module registers is in COMMAND_MODULES under that module."""
+    import importlib
+
+    from zflash.cli import COMMAND_MODULES, main
+    for module in set(COMMAND_MODULES.values()):
+        importlib.import_module(f"zflash.cli.{module}")
+    assert set(main.commands) == set(COMMAND_MODULES)
+    for name, command in main.commands.items():
+        assert command.callback.__module__ == f"zflash.cli.{COMMAND_MODULES[name]}", name
+
+
+def test_help_lists_every_command():
+    result = run("--help")
+    assert result.returncode == 0
+    for name in ("flash", "emulate", "fastboot", "fetch", "devices", "doctor", "pack"):
+        assert name in result.stdout
