@@ -182,3 +182,16 @@ def test_help_lists_every_command():
     assert result.returncode == 0
     for name in ("flash", "emulate", "fastboot", "fetch", "devices", "doctor", "pack"):
         assert name in result.stdout
+
+
+def test_readme_error_table_matches_the_code():
+    """The README lists every code with the exact meaning and fix of zflash/errors.py."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].isdigit() and len(cells[0]) == 4:
+            rows[int(cells[0])] = cells
+    assert set(rows) == set(TABLE)
+    for code, info in TABLE.items():
+        assert rows[code] == [str(code), str(info.exit_status), info.meaning, info.fix]

@@ -209,7 +209,12 @@ def _flash_partition(session: ZdlSession, package: Package, index: int, part: Pa
     def on_acked(count: int) -> None:
         emit({"event": "bytes_sent", "partition": part.name, "bytes": count})
 
+    started = time.monotonic()
+    before = summary.sent_bytes
     session.write_blocks(blocks(), on_acked)
+    emit({"event": "transferred", "partition": part.name,
+          "bytes": summary.sent_bytes - before,
+          "seconds": round(time.monotonic() - started, 4)})
     answer = session.request(CommitPartition(index), Ok)
     emit({"event": "verified", "partition": part.name,
           "sha256": answer.info.get("sha256")})  # type: ignore[attr-defined]

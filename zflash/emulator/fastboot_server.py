@@ -9,6 +9,14 @@ Two layers:
   can sit behind an emulated USB backend: one packet per bulk transfer.
 * :func:`serve_fastboot_tcp` (and :class:`FastbootTcpServer`, its threaded wrapper) exposes a
   session over TCP: the ``FB01`` handshake and 8-byte length framing, one host at a time.
+* :func:`serve_fastboot_usb` is the firmware of an emulated USB device with the fastboot
+  interface (0xFF/0x42/0x03): one bulk OUT transfer is one packet, each answer one IN transfer.
+
+Beyond AOSP's variables the emulator reports ``hw-revision`` (the profile's hardware
+revision) and the vendor variable ``rollback-index:N`` (the stored anti-rollback index of
+location N, 0..31): no standard fastboot variable carries it, and ``zflash flash`` reads it
+when present (otherwise its rollback check is unverifiable). ``FastbootOptions.hidden_vars``
+makes the device not report chosen variables, as a plainer bootloader would.
 
 Written partitions are hashed into the device's committed records lazily (before
 set_active, reboot and at the end of a connection), so a split image is hashed once.
@@ -25,6 +33,7 @@ from types import GeneratorType
 from typing import Any, BinaryIO, Callable, Generator, Iterator
 
 from zflash.emulator.device import EmulatedDevice
+from zflash.emulator.link import DeviceConnection, HostDisconnected
 from zflash.emulator.storage import SLOTS
 from zflash.errors import Code, ZflashError
 from zflash.package.sparse import is_sparse
@@ -56,6 +65,9 @@ class FastbootOptions:
     unlocked: bool = True
     secure: bool = True
     extra_vars: dict[str, str] = field(default_factory=dict)
+    # Names (``version-baseband``) or families (``rollback-index``) the device does not
+    # report: getvar FAILs and ``getvar all`` omits them.
+    hidden_vars: frozenset[str] = frozenset()
 
 
 class FastbootSession:
@@ -139,10 +151,14 @@ class FastbootSession:
 
     def variable(self, name: str) -> str:
         """The answer to ``getvar:NAME``; unknown -> FAIL (a ZflashError)."""
+        base, _, param = name.partition(":")
+        if self._hidden(name):
+            raise ZflashError(Code.DEVICE_REFUSED, f"unknown variable {name[:60]}")
         simple = self._simple_variables()
         if name in simple:
             return simple[name]
-        base, _, param = name.partition(":")
+        if base == "rollback-index":
+            return str(self._rollback_index(param))
         if base == "has-slot":
             return "yes" if self._spec(param).slotted else "no"
         if base == "partition-size":
@@ -162,6 +178,18 @@ class FastbootSession:
             return str(state["tries_left"])
         raise ZflashError(Code.DEVICE_REFUSED, f"unknown variable {name[:60]}")
 
+    def _hidden(self, name: str) -> bool:
+        hidden = self.options.hidden_vars
+        return name in hidden or name.partition(":")[0] in hidden
+
+    def _rollback_index(self, param: str) -> int:
+        """The stored index of an AVB rollback location (0..31; never written means 0)."""
+        text = param.strip()
+        if not text.isdigit() or int(text) > 31:
+            raise ZflashError(Code.DEVICE_REFUSED, f"no rollback location {text[:20]!r} "
+                                                   "(0..31)")
+        return int(self.device.meta["rollback"].get(str(int(text)), 0))
+
     def _simple_variables(self) -> dict[str, str]:
         profile = self.device.storage.profile
         yes_no = {True: "yes", False: "no"}
@@ -178,10 +206,18 @@ class FastbootSession:
         return values
 
     def _all_variables(self) -> Iterator[tuple[str, str]]:
+        for name, value in self._every_variable():
+            if not self._hidden(name):
+                yield name, value
+
+    def _every_variable(self) -> Iterator[tuple[str, str]]:
         yield from self._simple_variables().items()
+        for location in sorted(self.device.meta["rollback"], key=int):
+            yield f"rollback-index:{location}", str(self.device.meta["rollback"][location])
         for slot in SLOTS:
             for base in ("slot-successful", "slot-unbootable", "slot-retry-count"):
-                yield f"{base}:{slot}", self.variable(f"{base}:{slot}")
+                if not self._hidden(f"{base}:{slot}"):
+                    yield f"{base}:{slot}", self.variable(f"{base}:{slot}")
         for spec in self.device.storage.profile.partitions:
             yield f"has-slot:{spec.name}", "yes" if spec.slotted else "no"
             for name in ([f"{spec.name}_{s}" for s in SLOTS] if spec.slotted else [spec.name]):
@@ -400,6 +436,50 @@ def _send_message(conn: socket.socket, packet: bytes | memoryview) -> None:
     else:
         conn.sendall(message_header(len(packet)))
         conn.sendall(packet)
+
+
+# ------------------------------------------------------------------------------ USB
+def serve_fastboot_usb(device: EmulatedDevice, link: DeviceConnection,
+                       options: FastbootOptions | None = None,
+                       stop_event: threading.Event | None = None) -> None:
+    """The firmware of an emulated USB device in fastboot mode (blocking).
+
+    Pass it, bound to a device, as ``EmulatedUsbDevice(..., protocol="fastboot",
+    server=lambda link: serve_fastboot_usb(device, link, options))``. Each bulk OUT transfer
+    the link hands over is one fastboot packet (a command, or any part of a data phase, which
+    may come in many transfers); each answer packet goes back as one IN transfer. The loop
+    ends when the host unplugs the device, when ``stop_event`` is set, or after a reboot:
+    the bootloader then stops answering, as a device leaving fastboot does (``replug()``
+    brings it back in fastboot mode with a fresh session). A host that breaks the protocol
+    (more data than announced) gets a fresh session, as a bootloader resets its state.
+    """
+    stop = stop_event or threading.Event()
+    options = options or FastbootOptions()
+    session = FastbootSession(device, options)
+    try:
+        while not stop.is_set() and not session.closed:
+            try:
+                data = link.read(RECV_SIZE, POLL)
+            except HostDisconnected:
+                return
+            except ZflashError as exc:
+                if exc.code == Code.TIMEOUT:
+                    continue
+                raise
+            try:
+                for packet in session.receive(data, True):
+                    link.write(packet)
+            except HostDisconnected:
+                return
+            except ZflashError as exc:
+                log.warning("fastboot over USB: %s; starting a fresh session", exc)
+                session.close()
+                session = FastbootSession(device, options)
+    finally:
+        try:
+            session.close()
+        except ZflashError as exc:
+            log.warning("fastboot session close: %s", exc)
 
 
 class FastbootTcpServer:

@@ -11,13 +11,16 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from zflash.emulator.device import EmulatedDevice, PowerLoss
 from zflash.emulator.link import DeviceConnection, FaultyLink, PtyLink, ShapedLink, TcpListener
 from zflash.emulator.storage import Profile, Storage
 from zflash.emulator.zdl_server import ServerOptions, ZdlServer
 from zflash.errors import Code, ZflashError
+
+if TYPE_CHECKING:
+    from zflash.emulator.fastboot_server import FastbootOptions
 
 ACCEPT_POLL = 0.2
 
@@ -116,17 +119,14 @@ class EmulatorRunner:
         self.urls.append(listener.url)
         return listener.url
 
-    def start_fastboot_tcp(self, port: int) -> str:
+    def start_fastboot_tcp(self, port: int = 0,
+                           options: FastbootOptions | None = None) -> str:
+        """Serve fastboot over TCP (port 0 picks a free one); stopped by ``stop()``."""
         from zflash.emulator.fastboot_server import FastbootTcpServer
-        server = FastbootTcpServer(self.device, port=port)
-        self._closers.append(server.close)
-        thread = threading.Thread(target=server.serve_forever, args=(self.stop_event,),
-                                  daemon=True)
-        thread.start()
-        self._threads.append(thread)
-        url = f"fastboot+tcp://127.0.0.1:{server.port}"
-        self.urls.append(url)
-        return url
+        server = FastbootTcpServer(self.device, port=port, options=options).start()
+        self._closers.append(server.stop)
+        self.urls.append(server.url)
+        return server.url
 
     def _start(self, accept: Callable[[float], DeviceConnection | None]) -> None:
         thread = threading.Thread(target=self._serve_listener, args=(accept,), daemon=True)
