@@ -252,3 +252,26 @@ def test_no_device_is_a_coded_error():
     assert result.returncode == 20 and "error 9020" in result.stderr
     result = zflash("info", "-d", "bogus://x")
     assert result.returncode == 28 and "Traceback" not in result.stderr
+
+
+def test_serial_baud_switch_is_confirmed_by_ping(emulator):
+    runner = emulator("pty", faults=LinkFaults(serial_baud=115200))
+    result = zflash("flash", str(GOOD), "-d", runner.urls[0], *TRUST, "--baud", "2000000",
+                    "--json", "--no-reboot")
+    assert result.returncode == 0, result.stderr
+    baud = next(e for e in events(result) if e["event"] == "baud")
+    assert baud["switched"] is True and baud["baud"] == 2000000
+    # 346 kB at the old 11.5 kB/s would take 30 s; at the new rate it takes under 3 s.
+    assert done_event(result)["seconds"] < 10
+
+
+def test_serial_baud_switch_falls_back_when_the_ping_fails(emulator):
+    runner = emulator("pty", faults=LinkFaults(serial_baud=921600, baud_switch_fails=True))
+    result = zflash("flash", str(GOOD), "-d", runner.urls[0] + "?baud=921600", *TRUST,
+                    "--baud", "2000000", "--json", "--no-reboot")
+    assert result.returncode == 0, result.stderr
+    baud = next(e for e in events(result) if e["event"] == "baud")
+    assert baud["switched"] is False and baud["kept"] == 921600
+    connected = next(e for e in events(result) if e["event"] == "connected")
+    assert connected["baud"] is None
+    assert done_event(result)["slot"] == "b"

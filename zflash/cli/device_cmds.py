@@ -64,6 +64,11 @@ def session_options(baud: int | None, max_data: int, window: int) -> SessionOpti
 @click.option("--corrupt", type=click.FloatRange(0, 1), default=0.0,
               help="Fault: flip a bit in this fraction of transfers.")
 @click.option("--seed", type=int, default=0, help="Seed for the corruption faults.")
+@click.option("--serial-baud", type=click.IntRange(1200, 100_000_000),
+              help="Emulate a UART at this baud (paced at baud/10 B/s); the host may ask "
+                   "to switch to 230400, 460800, 921600 or 2000000 (--baud).")
+@click.option("--baud-switch-fails", is_flag=True,
+              help="Fault: a baud switch garbles the line, so the host must fall back.")
 @click.option("--power-loss", help="Fault: lose power at STEP[:N] (begin, write-block, "
                                    "commit, set-active).")
 @click.option("--fail-next-boot", is_flag=True, help="The next boot of the new slot fails.")
@@ -72,14 +77,16 @@ def session_options(baud: int | None, max_data: int, window: int) -> SessionOpti
 def emulate(state_dir: Path, profile: Path | None, trust_files: tuple[Path, ...], pty: bool,
             pty_link: str | None, tcp_port: int | None, fastboot_port: int | None,
             rate: float | None, latency: float | None, drop_after: int | None,
-            stall_after: int | None, corrupt: float, seed: int, power_loss: str | None,
+            stall_after: int | None, corrupt: float, seed: int, serial_baud: int | None,
+            baud_switch_fails: bool, power_loss: str | None,
             fail_next_boot: bool, url_file: Path | None) -> None:
     """Run an emulated device in download mode until interrupted."""
     from zflash.emulator.runner import EmulatorRunner, LinkFaults, load_profile
     if not (pty or tcp_port is not None or fastboot_port is not None):
         pty = True
     device_profile = load_profile(profile, list(trust_files))
-    faults = LinkFaults(rate, latency, drop_after, stall_after, corrupt, seed)
+    faults = LinkFaults(rate, latency, drop_after, stall_after, corrupt, seed,
+                        serial_baud=serial_baud, baud_switch_fails=baud_switch_fails)
     runner = EmulatorRunner(state_dir, device_profile, faults, power_loss, fail_next_boot,
                             log=lambda m: click.echo(f"emulator: {m}", err=True))
     if not len(runner.device.trust):

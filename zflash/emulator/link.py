@@ -532,6 +532,14 @@ class ShapedLink:
     def alive(self) -> bool:
         return self.inner.alive
 
+    def set_rate(self, bytes_per_second: float) -> None:
+        """Change the pace (a serial line switching baud rate)."""
+        if not bytes_per_second > 0:
+            raise ValueError("bytes_per_second must be > 0")
+        self._rate = bytes_per_second
+        self._piece = max(1, int(bytes_per_second * self._TICK))
+        self._cap = max(64 * 1024, int(bytes_per_second * 0.1))
+
     def write(self, data: Buffer) -> None:
         """Send at the shaped rate, a tick's worth at a time."""
         view = memoryview(data).cast("B")

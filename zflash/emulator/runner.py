@@ -33,11 +33,53 @@ class LinkFaults:
     stall_after_bytes: int | None = None
     corrupt_fraction: float = 0.0
     seed: int = 0
+    #: emulate a UART: pace at baud/10 and let the host switch to one of ``baud_rates``
+    serial_baud: int | None = None
+    baud_rates: tuple[int, ...] = (230400, 460800, 921600, 2000000)
+    #: the new rate does not work (a cable or adapter that cannot keep up): garbled bytes
+    baud_switch_fails: bool = False
 
     @property
     def any_fault(self) -> bool:
         return bool(self.drop_after_bytes is not None or self.stall_after_bytes is not None
                     or self.corrupt_fraction)
+
+
+class SerialLine:
+    """A UART between host and device: both ends must use the same rate.
+
+    The ZDL server calls ``set_baud`` after an agreed switch (0 = back to the first rate).
+    With ``switch_fails`` the new rate does not work and every byte arrives garbled, which
+    is what a USB-serial adapter that cannot do the rate looks like; the baud-switch ping
+    then fails and both sides fall back.
+    """
+
+    def __init__(self, inner: DeviceConnection, baud: int, switch_fails: bool) -> None:
+        self.inner, self.base_baud, self.baud = inner, baud, baud
+        self._switch_fails = switch_fails
+        self._garbled = False
+
+    @property
+    def alive(self) -> bool:
+        return self.inner.alive
+
+    def set_baud(self, baud: int) -> None:
+        self.baud = baud or self.base_baud
+        self._garbled = bool(baud) and self._switch_fails
+        if isinstance(self.inner, ShapedLink):
+            self.inner.set_rate(self.baud / 10)
+
+    def _mangle(self, data: bytes) -> bytes:
+        return bytes(b ^ 0x55 for b in data) if self._garbled else data
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._mangle(self.inner.read(max_bytes, timeout))
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.inner.write(self._mangle(bytes(data)) if self._garbled else data)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def load_profile(path: Path | None, trusted_key_files: list[Path]) -> Profile:
@@ -69,6 +111,8 @@ class EmulatorRunner:
         self.device.fail_next_boot = fail_next_boot
         self.faults = faults or LinkFaults()
         self.log = log or (lambda message: None)
+        if server_options is None and self.faults.serial_baud:
+            server_options = ServerOptions(bauds=self.faults.baud_rates)
         self.server = ZdlServer(self.device, server_options, log=self.log)
         self.stop_event = threading.Event()
         self.urls: list[str] = []
@@ -79,8 +123,11 @@ class EmulatorRunner:
 
     def _wrap(self, conn: DeviceConnection) -> DeviceConnection:
         f = self.faults
-        if f.bytes_per_second or f.latency:
-            conn = ShapedLink(conn, f.bytes_per_second, f.latency)
+        rate = f.serial_baud / 10 if f.serial_baud else f.bytes_per_second
+        if rate or f.latency:
+            conn = ShapedLink(conn, rate, f.latency)
+        if f.serial_baud:
+            conn = SerialLine(conn, f.serial_baud, f.baud_switch_fails)
         if f.any_fault:
             if self._faulty is None:
                 self._faulty = FaultyLink(conn, f.drop_after_bytes, f.corrupt_fraction, f.seed,
@@ -95,8 +142,10 @@ class EmulatorRunner:
             conn = accept(ACCEPT_POLL)
             if conn is None:
                 continue
+            link = self._wrap(conn)
+            set_baud = link.set_baud if isinstance(link, SerialLine) else None
             try:
-                self.server.serve(self._wrap(conn), self.stop_event)
+                self.server.serve(link, self.stop_event, set_baud)
             except PowerLoss:
                 self.power_lost.set()
                 self.stop_event.set()

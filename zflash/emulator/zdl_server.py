@@ -39,16 +39,19 @@ class ZdlServer:
     """One device, many host sessions one after another."""
 
     def __init__(self, device: EmulatedDevice, options: ServerOptions | None = None,
-                 set_baud: Callable[[int], None] | None = None,
                  log: Callable[[str], None] | None = None) -> None:
         self.device = device
         self.options = options or ServerOptions()
-        self._set_baud = set_baud
         self._log = log or (lambda message: None)
         self._lock = threading.Lock()
 
-    def serve(self, conn: DeviceConnection, stop: threading.Event | None = None) -> None:
-        """Run one host session until the host leaves, the link drops or ``stop`` is set."""
+    def serve(self, conn: DeviceConnection, stop: threading.Event | None = None,
+              set_baud: Callable[[int], None] | None = None) -> None:
+        """Run one host session until the host leaves, the link drops or ``stop`` is set.
+
+        ``set_baud(rate)`` changes the line rate after an agreed switch; ``set_baud(0)`` goes
+        back to the rate the session started at.
+        """
         stop = stop or threading.Event()
         engine = DeviceEngine(max_data=self.options.max_data, window=self.options.window,
                               bauds=self.options.bauds)
@@ -65,15 +68,15 @@ class ZdlServer:
                             raise
                         if ping_deadline is not None and time.monotonic() > ping_deadline:
                             ping_deadline = None
-                            if engine.ping_timeout() and self._set_baud:
-                                self._set_baud(0)
+                            if engine.ping_timeout() and set_baud:
+                                set_baud(0)
                         self._write(conn, engine.data_to_send())
                         continue
                     for event in engine.receive_data(data):
                         if isinstance(event, SwitchBaud):
                             self._write(conn, engine.data_to_send())
-                            if self._set_baud:
-                                self._set_baud(event.baud)
+                            if set_baud:
+                                set_baud(event.baud)
                             ping_deadline = time.monotonic() + PING_WAIT
                         else:
                             self._write(conn, self._handle(engine, event))
