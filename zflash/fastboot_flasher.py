@@ -43,17 +43,23 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, Iterator
 
 from zflash.checks import Failure, check_compatibility, check_rollback, check_signature
-from zflash.errors import Code, ZflashError, lookup
+from zflash.errors import Code, ZflashError
 from zflash.facts import DeviceFacts, PartitionInfo, SlotInfo
 from zflash.fastboot_client import FastbootClient
 from zflash.flasher import Emit, FlashOptions, FlashSummary, PreflightRefused
 from zflash.package.format import KIND_ZERO, Manifest, PartitionEntry
 from zflash.package.keys import TrustStore
 from zflash.package.reader import Package
-from zflash.package.sparse import SparsePiece, is_sparse, min_split_size, split_sparse, write_sparse
+from zflash.package.sparse import (
+    SparsePiece,
+    is_sparse,
+    min_split_size,
+    split_sparse,
+    write_sparse,
+)
 from zflash.protocol.fastboot.constants import RESPONSE_TIMEOUT
 from zflash.protocol.fastboot.values import parse_bool, parse_size, parse_slot
 
@@ -333,10 +339,10 @@ class _ImageStream:
 
     def _fill(self) -> bool:
         while not len(self._buf):
-            block = next(self._blocks, None)
-            if block is None:
+            item = next(self._blocks, None)
+            if item is None:
                 return False
-            self._buf = memoryview(block)
+            self._buf = memoryview(item[1])
         return True
 
     def peek(self, n: int) -> bytes:
@@ -480,24 +486,21 @@ def _flash_partition(client: FastbootClient, package: Package, part: PartitionEn
           "skipped_bytes": 0, "slot": slot if part.slotted else None, "target": name})
     progress = _Progress(part.name, emit)
     previous, client.on_event = client.on_event, progress
+    started, before, pieces = time.monotonic(), summary.sent_bytes, 0
     try:
         for piece in image_pieces(package, part, limit, block_size):
             start = min(piece.start_block * block_size, part.size)
             progress.piece(min(piece.end_block * block_size, part.size) - start)
-            client.download(_source(piece), piece.size, f"{name} piece {piece.index + 1}")
+            client.download(piece.file, piece.size, f"{name} piece {piece.index + 1}")
             client.command(f"flash:{name}")
             summary.sent_bytes += piece.size
+            pieces += 1
             progress.advance(progress.base + progress.covered)
     finally:
         client.on_event = previous
+    emit({"event": "transferred", "partition": part.name,
+          "bytes": summary.sent_bytes - before, "pieces": pieces,
+          "seconds": round(time.monotonic() - started, 4)})
     emit({"event": "verified", "partition": part.name, "sha256": part.sha256,
           "readback": False})
 
-
-def _source(piece: SparsePiece) -> BinaryIO:
-    return piece.file
-
-
-__all__ = ["FastbootFacts", "FastbootFlashSummary", "Unverifiable", "fastboot_checks",
-           "flash_fastboot", "image_pieces", "lookup", "preflight", "read_facts",
-           "speaks_fastboot", "sparse_block_size"]

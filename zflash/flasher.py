@@ -46,6 +46,7 @@ class FlashOptions:
     wipe_userdata: bool = False
     delta: bool = True
     force_boot_failure: bool = False  # test devices only: the new slot fails to boot
+    accept_unverifiable: bool = False  # fastboot: flash although a check cannot be made
     session: SessionOptions = field(default_factory=SessionOptions)
     timeout: float = 5.0
 
@@ -115,6 +116,9 @@ def preflight(package: Package, facts: DeviceFacts, trust: TrustStore, emit: Emi
 def flash(url: str, package_path: Path, trust: TrustStore, options: FlashOptions,
           emit: Emit) -> FlashSummary:
     """Flash one package into one device; safe to run again after any interruption."""
+    from zflash.fastboot_flasher import flash_fastboot, speaks_fastboot
+    if speaks_fastboot(url):  # fastboot+tcp://, or a USB device with fastboot's interface
+        return flash_fastboot(url, package_path, trust, options, emit)
     started = time.monotonic()
     summary = FlashSummary()
     with Package(package_path) as package, \

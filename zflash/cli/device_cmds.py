@@ -171,13 +171,17 @@ def info(url: str, baud: int | None, max_data: int, window: int, timeout: float,
 @click.option("--no-delta", is_flag=True, help="Send every block, even those already there.")
 @click.option("--force-boot-failure", is_flag=True, hidden=True,
               help="Test devices: make the new slot fail its first boot.")
+@click.option("--accept-unverifiable", is_flag=True,
+              help="Fastboot devices: flash although a check cannot be made because the "
+                   "device does not report the fact (each such check is listed, 9045).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line on stdout.")
 def flash(package: Path | None, url: str, trust_files: tuple[Path, ...],
           trust_dir: Path | None, baud: int | None, max_data: int, window: int, timeout: float,
           catalog_url: str | None, pins: tuple[str, ...], pin_file: Path | None,
           pin_only: bool, ca_file: Path | None, cache_dir: Path | None,
           state_file: Path | None, no_reboot: bool, skip_host_checks: bool,
-          wipe_userdata: bool, no_delta: bool, force_boot_failure: bool, as_json: bool) -> None:
+          wipe_userdata: bool, no_delta: bool, force_boot_failure: bool,
+          accept_unverifiable: bool, as_json: bool) -> None:
     """Flash a signed package (or, with --latest, the newest one from a catalog) into the
     device's inactive slot, verify, switch, reboot."""
     trust = load_trust(trust_files, trust_dir)
@@ -190,6 +194,7 @@ def flash(package: Path | None, url: str, trust_files: tuple[Path, ...],
     options = FlashOptions(skip_host_checks=skip_host_checks, reboot=not no_reboot,
                            wipe_userdata=wipe_userdata, delta=not no_delta,
                            force_boot_failure=force_boot_failure,
+                           accept_unverifiable=accept_unverifiable,
                            session=session_options(baud, max_data, window), timeout=timeout)
     renderer = EventRenderer(as_json)
     try:
@@ -204,6 +209,8 @@ def flash(package: Path | None, url: str, trust_files: tuple[Path, ...],
                       if summary.retransmissions else ""))
         if summary.booted_slot:
             click.echo(f"device now runs slot {summary.booted_slot}")
+        elif getattr(summary, "rebooted", False):  # fastboot: the boot is not reported
+            click.echo(f"slot {summary.slot} is active; the device rebooted to run it")
         elif summary.slot:
             click.echo(f"slot {summary.slot} is active; reboot the device to run it")
 

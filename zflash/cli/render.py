@@ -45,6 +45,11 @@ class EventRenderer:
             click.echo(text, err=True)
 
     def _on_connected(self, e: dict[str, Any]) -> None:
+        if e.get("protocol") == "fastboot":
+            limit = e.get("max_data")
+            self._note(f"connected to {e['url']} (fastboot, max-download-size "
+                       f"{limit if limit else 'not reported'})")
+            return
         baud = f", {e['baud']} baud" if e.get("baud") else ""
         self._note(f"connected to {e['url']} (ZDL, frames up to {e['max_data'] >> 10} KiB, "
                    f"window {e['window']}{baud})")
@@ -57,6 +62,9 @@ class EventRenderer:
     def _on_check_failed(self, e: dict[str, Any]) -> None:
         self._note(f"check failed: {e['code']} {e['meaning']}: {e['message']}\n"
                    f"  fix: {e['fix']}")
+
+    def _on_check_unverified(self, e: dict[str, Any]) -> None:
+        self._note(f"not verified, accepted (--accept-unverifiable): {e['message']}")
 
     def _on_check_passed(self, e: dict[str, Any]) -> None:
         self._note(f"check passed: {e['check']}")
@@ -95,7 +103,9 @@ class EventRenderer:
         self._note(f"active slot switched to {e['slot']}")
 
     def _on_rebooted(self, e: dict[str, Any]) -> None:
-        if e.get("fell_back"):
+        if e.get("protocol") == "fastboot":  # a fastboot bootloader does not report the boot
+            self._note(f"reboot: the device left fastboot to boot slot {e.get('slot')}")
+        elif e.get("fell_back"):
             self._note(f"reboot: the new slot failed to boot; device fell back to slot "
                        f"{e.get('booted_slot')}")
         else:
