@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import subprocess
 import sys
 import tempfile
@@ -32,20 +31,18 @@ ZFLASH = [sys.executable, "-m", "zflash"]
 
 
 def make_image(path: Path, size: int, kind: str) -> None:
-    rng = random.Random(11)
+    """random: incompressible. mixed: per MiB, a quarter random, a quarter text, half zeros
+    (the shape of a real system image: code, text, empty space)."""
     text = b"zflash benchmark compressible text " * 128
     with open(path, "wb") as out:
-        left = size
-        while left:
-            piece = min(left, MIB)
+        for index in range(0, size, MIB):
+            piece = min(MIB, size - index)
             if kind == "random":
                 out.write(os.urandom(piece))
-            elif kind == "mixed":  # a quarter random, a quarter text, half zeros
-                choice = rng.randrange(4)
-                out.write(os.urandom(piece) if choice == 0 else
-                          (text * (piece // len(text) + 1))[:piece] if choice == 1
-                          else bytes(piece))
-            left -= piece
+                continue
+            quarter = piece // 4
+            out.write(os.urandom(quarter) + (text * (quarter // len(text) + 1))[:quarter]
+                      + bytes(piece - 2 * quarter))
 
 
 def pack(image: Path, out: Path, codec: str) -> None:
@@ -105,8 +102,8 @@ def run_case(name: str, image_kind: str, size: int, codec: str, rate: float | No
             "package_MiB": round(package_size / MIB, 1), "sent_MiB": round(done["sent_bytes"] / MIB, 2),
             "wall_s": round(wall, 2), "flash_s": done["seconds"],
             "transfer_s": moved["seconds"],
-            "transfer_MBps": round(transfer_rate / 1e6, 1),
-            "image_MBps": round(done["image_bytes"] / done["seconds"] / 1e6, 2),
+            "transfer_MBps": round(transfer_rate / 1e6, 3),
+            "image_MBps": round(done["image_bytes"] / done["seconds"] / 1e6, 3),
             "efficiency": round(transfer_rate / rate, 3) if rate else None,
             "host_rss_MiB": round(usage.ru_maxrss / 1024),
             "emulator_rss_MiB": round(emulator_rss)}

@@ -275,3 +275,29 @@ def test_serial_baud_switch_falls_back_when_the_ping_fails(emulator):
     connected = next(e for e in events(result) if e["event"] == "connected")
     assert connected["baud"] is None
     assert done_event(result)["slot"] == "b"
+
+
+def test_device_without_block_hashes_still_flashes(emulator, monkeypatch):
+    """Delta is an optimisation: a device that refuses BLOCK_HASHES gets every block."""
+    from zflash.errors import Code, ZflashError
+    runner = emulator()
+
+    def refuse(*args, **kwargs):
+        raise ZflashError(Code.DEVICE_REFUSED, "block hashes not supported")
+    monkeypatch.setattr(runner.device, "block_hashes", refuse)
+    result = zflash("flash", str(GOOD), "-d", runner.urls[0], *TRUST, "--json")
+    assert result.returncode == 0, result.stderr
+    summary = done_event(result)
+    assert summary["kept_blocks"] == 0 and summary["sent_bytes"] > 0
+
+
+def test_reflash_of_the_same_build_sends_nothing(emulator):
+    """Delta: the inactive slot (and the live unslotted logo) already hold this build."""
+    runner = emulator()
+    url = runner.urls[0]
+    assert zflash("flash", str(GOOD), "-d", url, *TRUST, "--no-reboot").returncode == 0
+    again = zflash("flash", str(GOOD), "-d", url, *TRUST, "--no-reboot", "--json")
+    assert again.returncode == 0, again.stderr
+    summary = done_event(again)
+    assert summary["sent_bytes"] == 0 and summary["kept_blocks"] > 0
+    assert summary["skipped_bytes"] == summary["image_bytes"]

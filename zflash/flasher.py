@@ -225,7 +225,8 @@ def _flash_partition(session: ZdlSession, package: Package, index: int, part: Pa
 
 
 class _DeltaProbe:
-    """Hashes of the blocks already on the device's inactive slot, asked for early.
+    """Hashes of the blocks already on the device (its inactive slot, or the live copy of an
+    unslotted partition), asked for early.
 
     The first BLOCK_HASHES request goes out before the host's own checks and is collected
     after them, so the device hashes its flash while the host hashes the package. Only
@@ -237,7 +238,8 @@ class _DeltaProbe:
         self.requests: list[tuple[int, PartitionEntry, int, int]] = []
         for index, part in enumerate(package.manifest.partitions):
             on_device = facts.partition(part.name)
-            if not (part.slotted and self.slot and on_device and on_device.slotted):
+            if on_device is None or on_device.slotted != part.slotted or \
+                    (part.slotted and not self.slot):
                 continue
             blocks = min(part.block_count, -(-on_device.size // part.block_size))
             for first in range(0, blocks, HASH_BATCH):
@@ -246,22 +248,37 @@ class _DeltaProbe:
 
     def _ask(self) -> None:
         index, part, first, count = self.requests[0]
-        self.session.start_request(BlockHashes(part.name, self.slot, first, count,
-                                               part.block_size))
+        slot = self.slot if part.slotted else None  # unslotted: the live partition
+        self.session.start_request(BlockHashes(part.name, slot, first, count, part.block_size))
 
     def start(self) -> None:
         if self.requests:
             self._ask()
 
     def finish(self) -> dict[int, set[int]]:
+        """Matching blocks per partition index. A device that cannot answer costs only the
+        delta (everything is sent), never the flash; a lost link still ends it."""
         while self.requests:
             index, part, first, _ = self.requests.pop(0)
-            answer = self.session.finish_request(Hashes)
+            try:
+                answer = self.session.finish_request(Hashes)
+            except ZflashError as exc:
+                if exc.code in (Code.LINK_LOST, Code.TIMEOUT):
+                    raise
+                self.requests.clear()
+                break
             table = self.package.head.tables[part.name]
+            found = self.found.setdefault(index, set())
             for offset, digest in enumerate(answer.digests):  # type: ignore[attr-defined]
                 block = first + offset
                 if digest == table[block].sha256 and table[block].stored_size:
-                    self.found.setdefault(index, set()).add(block)
+                    found.add(block)
+            last = part.block_count - 1
+            if first <= last < first + len(answer.digests) and part.size % part.block_size \
+                    and table[last].stored_size:
+                # A short last block is hashed on the device over a whole block of flash,
+                # so it never matches here: offer it anyway; KEEP_BLOCKS checks it exactly.
+                found.add(last)
             if self.requests:
                 self._ask()
         return self.found

@@ -21,6 +21,7 @@ from zflash.protocol.zdl import Read as ReadRequest
 from zflash.transport.base import Transport
 
 READ_SIZE = 1 << 20
+MAX_USB_TRANSFER = 1 << 20  # whole frames per bulk transfer (zdl.md 2.4)
 MAX_SILENT_TIMEOUTS = 5
 HELLO_INTERVAL = 0.5
 PONG_WAIT = 0.3
@@ -62,13 +63,22 @@ class ZdlSession:
 
     # ------------------------------------------------------------------ I/O plumbing
     def _send(self, frames: list[bytes]) -> None:
+        """Byte streams take everything at once; a packet transport (USB) gets whole frames
+        packed into transfers of up to 1 MiB (zdl.md 2.4), so the bus sees large transfers."""
         if not frames:
             return
         if self.transport.is_stream:
             self.transport.write(b"".join(frames))
-        else:
-            for frame in frames:
-                self.transport.write(frame)
+            return
+        batch: list[bytes] = []
+        size = 0
+        for frame in frames:
+            if batch and size + len(frame) > MAX_USB_TRANSFER:
+                self.transport.write(b"".join(batch))
+                batch, size = [], 0
+            batch.append(frame)
+            size += len(frame)
+        self.transport.write(b"".join(batch))
 
     @property
     def rto(self) -> float:
@@ -206,12 +216,14 @@ class ZdlSession:
         acked = self.engine.bytes_acked
         last_progress = time.monotonic()
         while True:
+            frames: list[bytes] = []  # a window's worth goes out in as few writes as possible
             while not exhausted and self.engine.can_send_block():
                 item = next(pending, None)
                 if item is None:
                     exhausted = True
                     break
-                self._send(self.engine.send_block(*item))
+                frames += self.engine.send_block(*item)
+            self._send(frames)
             if exhausted and self.engine.in_flight == 0:
                 break
             for _ in self._pump(self.rto):
