@@ -269,32 +269,33 @@ class EmulatedDevice:
             session.sync()
 
     def keep_blocks(self, part_index: int, ranges: list[list[int]]) -> list[list[int]]:
-        """Accept blocks the host believes are already on flash, after checking each one."""
-        part = self._part(part_index)
+        """Accept blocks the host believes are already on flash, after checking each one.
+
+        The check reads flash only; the update starts on disk only if a block is accepted,
+        so a probe that finds nothing leaves the device untouched."""
+        part = self._part(part_index, start=False)
         entry = part.entry
-        table = self._session().head.tables[entry.name]
-        source = self._live_path(entry)
-        accepted = [False] * entry.block_count
+        session = self.session
+        assert session is not None
+        table = session.head.tables[entry.name]
+        source = (self.storage.partition_path(entry.name, session.target) if entry.slotted
+                  else self.storage.partition_path(entry.name, None))
+        found: dict[int, bytes] = {}
         with open(source, "rb") as handle:
             for first, count in ranges:
                 for index in range(max(0, first), min(first + count, entry.block_count)):
-                    length = block_length(entry, index)
                     handle.seek(index * entry.block_size)
-                    data = handle.read(length)
-                    if hashlib.sha256(data).digest() != table[index].sha256:
-                        continue
-                    if source != part.path:
-                        os.pwrite(part.fd, data, index * entry.block_size)
-                    part.verified[index] = 1
-                    accepted[index] = True
-        self._session().sync()
-        return to_ranges(accepted)
-
-    def _live_path(self, entry: PartitionEntry) -> Path:
-        session = self._session()
-        if entry.slotted:
-            return self.storage.partition_path(entry.name, session.target)
-        return self.storage.partition_path(entry.name, None)
+                    data = handle.read(block_length(entry, index))
+                    if hashlib.sha256(data).digest() == table[index].sha256:
+                        found[index] = data
+        if found:
+            self._session()  # start: clears old staging, marks the target slot unbootable
+            for index, data in found.items():
+                if source != part.path:
+                    os.pwrite(part.fd, data, index * entry.block_size)
+                part.verified[index] = 1
+            session.sync()
+        return to_ranges([i in found for i in range(entry.block_count)])
 
     def commit_partition(self, part_index: int) -> str:
         """All blocks present -> fill zero blocks, sync, check the image hash, commit."""
