@@ -301,3 +301,26 @@ def test_reflash_of_the_same_build_sends_nothing(emulator):
     summary = done_event(again)
     assert summary["sent_bytes"] == 0 and summary["kept_blocks"] > 0
     assert summary["skipped_bytes"] == summary["image_bytes"]
+
+
+def test_emulate_identity_from_options_and_bad_profile(tmp_path):
+    cmd = [sys.executable, "-m", "zflash", "emulate", "--state", str(tmp_path / "dev"),
+           "--tcp", "0", "--hw-rev", "A02", "--baseband", "ZXB-200", "--serial-number", "SN9",
+           *TRUST]
+    emu = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = emu.stdout.readline().strip()
+        facts = info(url)
+        assert (facts["hardware_revision"], facts["baseband"], facts["serial"]) == \
+            ("A02", "ZXB-200", "SN9")
+        refused = zflash("flash", str(GOOD), "-d", url, *TRUST)
+        assert refused.returncode == 40, refused.stderr  # the good sample is for ZXB-100
+    finally:
+        emu.terminate()
+        emu.wait(timeout=10)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    result = zflash("emulate", "--state", str(tmp_path / "dev2"), "--profile", str(bad),
+                    "--tcp", "0")
+    assert result.returncode == 2 and "error 9002" in result.stderr
+    assert "Traceback" not in result.stderr

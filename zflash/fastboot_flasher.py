@@ -431,6 +431,8 @@ def flash_fastboot(url: str, package_path: Path, trust: TrustStore, options: Fla
         summary.image_bytes = manifest.image_size
         summary.zero_blocks = sum(e.kind == KIND_ZERO for p in manifest.partitions
                                   for e in package.head.tables[p.name])
+        emit({"event": "plan", "image_bytes": manifest.image_size,
+              "partitions": [p.name for p in manifest.partitions]})
         for part in manifest.partitions:
             _flash_partition(client, package, part, facts, slot, limit, summary, emit)
         if options.wipe_userdata:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 import zlib
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,8 @@ def flash(url: str, package_path: Path, trust: TrustStore, options: FlashOptions
         assert isinstance(ready, UpdateReady)
         summary.slot = ready.slot
         emit({"event": "update_ready", "slot": ready.slot, "session": ready.session})
+        emit({"event": "plan", "image_bytes": manifest.image_size,
+              "partitions": [p.name for p in manifest.partitions]})
         for index, part in enumerate(manifest.partitions):
             have = _expand(ready.have.get(index, ()))
             candidates = on_device.get(index, set()) - have if ready.slot == facts.inactive_slot \
@@ -197,10 +200,14 @@ def _flash_partition(session: ZdlSession, package: Package, index: int, part: Pa
           "skipped_bytes": skipped, "slot": slot if part.slotted else None})
     codec_zlib = "zlib" in (session.session.codecs if session.session else ())
 
+    raw_lengths: deque[int] = deque()  # image bytes of each block in flight, in send order
+    acked_blocks = session.engine.blocks_acked
+
     def blocks() -> Iterator[tuple[int, int, int, bytes]]:
         for block, entry, stored in package.iter_stored(part):
             if block in have:
                 continue
+            raw_lengths.append(block_length(part, block))
             if entry.kind == KIND_ZLIB:
                 if codec_zlib:
                     yield index, block, CODEC_ZLIB, stored
@@ -210,8 +217,14 @@ def _flash_partition(session: ZdlSession, package: Package, index: int, part: Pa
             yield index, block, CODEC_NONE, stored
             summary.sent_bytes += len(stored)
 
-    def on_acked(count: int) -> None:
-        emit({"event": "bytes_sent", "partition": part.name, "bytes": count})
+    def on_acked(wire_bytes: int) -> None:
+        """Progress in image bytes (what the bars count), from the blocks now acknowledged."""
+        nonlocal acked_blocks
+        now = session.engine.blocks_acked
+        done = sum(raw_lengths.popleft() for _ in range(now - acked_blocks))
+        acked_blocks = now
+        emit({"event": "bytes_sent", "partition": part.name, "bytes": done,
+              "wire_bytes": wire_bytes})
 
     started = time.monotonic()
     before = summary.sent_bytes

@@ -51,6 +51,10 @@ def session_options(baud: int | None, max_data: int, window: int) -> SessionOpti
 @click.option("--profile", type=click.Path(path_type=Path), help="Device profile JSON.")
 @click.option("--trust", "trust_files", multiple=True, type=click.Path(path_type=Path),
               help="Public key the device trusts (repeat); stored in a new state directory.")
+@click.option("--product", help="Identity of a new device (default zx-demo).")
+@click.option("--hw-rev", help="Hardware revision of a new device (default A01).")
+@click.option("--baseband", help="Baseband id of a new device (default ZXB-100).")
+@click.option("--serial-number", help="Serial number of a new device (default ZXEMU0001).")
 @click.option("--pty/--no-pty", default=False, help="Serve on a pseudo-terminal.")
 @click.option("--pty-link", help="Keep a symlink at this path pointing to the pty.")
 @click.option("--tcp", "tcp_port", type=click.IntRange(0, 65535),
@@ -74,17 +78,31 @@ def session_options(baud: int | None, max_data: int, window: int) -> SessionOpti
 @click.option("--fail-next-boot", is_flag=True, help="The next boot of the new slot fails.")
 @click.option("--url-file", type=click.Path(path_type=Path),
               help="Also write the URLs here, one per line (for scripts).")
-def emulate(state_dir: Path, profile: Path | None, trust_files: tuple[Path, ...], pty: bool,
+def emulate(state_dir: Path, profile: Path | None, trust_files: tuple[Path, ...],
+            product: str | None, hw_rev: str | None, baseband: str | None,
+            serial_number: str | None, pty: bool,
             pty_link: str | None, tcp_port: int | None, fastboot_port: int | None,
             rate: float | None, latency: float | None, drop_after: int | None,
             stall_after: int | None, corrupt: float, seed: int, serial_baud: int | None,
             baud_switch_fails: bool, power_loss: str | None,
             fail_next_boot: bool, url_file: Path | None) -> None:
-    """Run an emulated device in download mode until interrupted."""
+    """Run an emulated device in download mode until interrupted.
+
+    A new state directory takes its identity and layout from --profile (JSON: product,
+    hardware_revision, baseband, serial, partitions, cache_size, rollback_indexes,
+    trusted_keys, max_download_size) and the options; an existing one keeps its own."""
     from zflash.emulator.runner import EmulatorRunner, LinkFaults, load_profile
     if not (pty or tcp_port is not None or fastboot_port is not None):
         pty = True
     device_profile = load_profile(profile, list(trust_files))
+    for field, value in (("product", product), ("hardware_revision", hw_rev),
+                         ("baseband", baseband), ("serial", serial_number)):
+        if value is not None:
+            setattr(device_profile, field, value)
+    if (state_dir / "profile.json").exists() and (profile or trust_files or product or hw_rev
+                                                   or baseband or serial_number):
+        click.echo("emulator: note: the state directory already holds a device; its stored "
+                   "identity and keys are used, identity options are ignored", err=True)
     faults = LinkFaults(rate, latency, drop_after, stall_after, corrupt, seed,
                         serial_baud=serial_baud, baud_switch_fails=baud_switch_fails)
     runner = EmulatorRunner(state_dir, device_profile, faults, power_loss, fail_next_boot,

@@ -75,6 +75,13 @@ class EventRenderer:
     def _on_update_ready(self, e: dict[str, Any]) -> None:
         self._note(f"device accepted the package; writing slot {e['slot'] or '(none)'}")
 
+    def _on_plan(self, e: dict[str, Any]) -> None:
+        """The overall bar: image bytes, counting skipped ones as done (they are)."""
+        if self.progress and self._overall is None:
+            self._overall = tqdm(total=e["image_bytes"], unit="B", unit_scale=True,
+                                 unit_divisor=1024, desc="overall", position=0,
+                                 file=sys.stderr)
+
     def _on_partition_started(self, e: dict[str, Any]) -> None:
         if self._part is not None:
             self._part.close()
@@ -82,13 +89,19 @@ class EventRenderer:
         if self.progress:
             self._part = tqdm(total=max(0, e["size"] - e["skipped_bytes"]), unit="B",
                               unit_scale=True, unit_divisor=1024, desc=where, leave=False,
-                              file=sys.stderr)
+                              position=1, file=sys.stderr)
+        if self._overall is not None:
+            self._overall.update(e["skipped_bytes"])
         if e["skipped_bytes"]:
             self._note(f"{where}: {e['skipped_bytes']} bytes already on the device, skipped")
 
     def _on_bytes_sent(self, e: dict[str, Any]) -> None:
-        if self._part is not None:
-            self._part.update(e["bytes"])
+        for bar in (self._part, self._overall):
+            if bar is not None:
+                bar.update(e["bytes"])
+
+    def _on_done(self, e: dict[str, Any]) -> None:
+        self.close()
 
     def _on_verified(self, e: dict[str, Any]) -> None:
         if self._part is not None:
@@ -121,3 +134,4 @@ class EventRenderer:
         for bar in (self._part, self._overall):
             if bar is not None:
                 bar.close()
+        self._part = self._overall = None
