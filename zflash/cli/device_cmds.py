@@ -12,7 +12,7 @@ import click
 from zflash.cli import main
 from zflash.cli.common import emit_json, load_trust, trust_options
 from zflash.cli.fetch_cmds import fetch_config, tls_options
-from zflash.cli.render import EventRenderer
+from zflash.cli.render import DownloadRenderer, EventRenderer
 from zflash.errors import Code, ZflashError
 from zflash.facts import DeviceFacts
 from zflash.flasher import (FlashOptions, backup as backup_partition, flash as flash_package,
@@ -238,11 +238,10 @@ def fetch_latest_for(url: str, catalog_url: str, trust: Any, as_json: bool,
                      ca_file: Path | None, cache_dir: Path | None,
                      state_file: Path | None) -> Path:
     """The newest compatible package for the device at ``url``, downloaded and verified."""
-    from zflash.cli.fetch_cmds import EventRenderer as FetchRenderer
     from zflash.fetch.remote import fetch_latest
     from zflash.flasher import read_device_facts
     facts = read_device_facts(url)
-    render = FetchRenderer(as_json)
+    render = DownloadRenderer(as_json)
     try:
         config = fetch_config(pins, pin_file, pin_only, ca_file, cache_dir, state_file, 30.0,
                               trust, render)

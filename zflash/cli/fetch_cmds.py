@@ -13,6 +13,7 @@ import click
 
 from zflash.cli import main
 from zflash.cli.common import emit_json, load_trust, trust_options
+from zflash.cli.render import DownloadRenderer
 from zflash.errors import Code, ZflashError
 from zflash.facts import DeviceFacts
 from zflash.fetch.config import (FetchConfig, default_cache_dir, default_pin_file,
@@ -24,42 +25,6 @@ from zflash.package import keys as keymod
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-# ---------------------------------------------------------------------------------- render
-class EventRenderer:
-    """JSON lines on stdout with --json; a tqdm bar on a terminal; nothing on a pipe."""
-
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
-        self.bar: Any = None
-        self.terminal = not as_json and sys.stderr.isatty()
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        if self.as_json:
-            emit_json(event)
-            return
-        if not self.terminal:
-            return
-        kind = event["event"]
-        if kind == "download":
-            self.close()
-            from tqdm import tqdm
-            self.bar = tqdm(total=event["total"], initial=event["offset"], unit="B",
-                            unit_scale=True, unit_divisor=1024, desc=event["name"],
-                            file=sys.stderr, leave=False)
-        elif kind == "progress" and self.bar is not None:
-            self.bar.update(event["bytes"] - self.bar.n)
-        elif kind in ("retry", "restart"):
-            self.close()
-            click.echo(f"{kind}: {event['reason']}", err=True)
-        elif kind in ("verified", "done", "cached"):
-            self.close()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 # ---------------------------------------------------------------------------------- fetch
@@ -160,7 +125,7 @@ def fetch(url: str, pins: tuple[str, ...], pin_file: Path | None, pin_only: bool
     from zflash.fetch.download import fetch_package
     from zflash.fetch.remote import fetch_latest
 
-    render = EventRenderer(as_json)
+    render = DownloadRenderer(as_json)
     config = fetch_config(pins, pin_file, pin_only, ca_file, cache_dir, state_file, timeout,
                           load_trust(trust_files, trust_dir), render)
     try:

@@ -1,4 +1,5 @@
-"""Rendering flash events: tqdm bars on a terminal, nothing on a pipe, JSON lines with --json.
+"""Rendering events (flash, download): tqdm bars on a terminal, nothing on a pipe, JSON lines
+with --json.
 
 The library emits plain dict events; this is the only place that decides how they look.
 Progress goes to stderr, results to stdout.
@@ -135,3 +136,37 @@ class EventRenderer:
             if bar is not None:
                 bar.close()
         self._part = self._overall = None
+
+
+class DownloadRenderer:
+    """Download events: JSON lines with --json; a tqdm bar on a terminal; nothing on a pipe."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.bar: Any = None
+        self.terminal = not as_json and sys.stderr.isatty()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.as_json:
+            click.echo(json.dumps(event, sort_keys=True, default=str))
+            return
+        if not self.terminal:
+            return
+        kind = event["event"]
+        if kind == "download":
+            self.close()
+            self.bar = tqdm(total=event["total"], initial=event["offset"], unit="B",
+                            unit_scale=True, unit_divisor=1024, desc=event["name"],
+                            file=sys.stderr, leave=False)
+        elif kind == "progress" and self.bar is not None:
+            self.bar.update(event["bytes"] - self.bar.n)
+        elif kind in ("retry", "restart"):
+            self.close()
+            click.echo(f"{kind}: {event['reason']}", err=True)
+        elif kind in ("verified", "done", "cached"):
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

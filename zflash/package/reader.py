@@ -22,7 +22,8 @@ from zflash.package.format import (HEADER_SIZE, KIND_RAW, KIND_ZERO, KIND_ZLIB, 
                                    Header, Manifest, PartitionEntry, block_length, decode_table,
                                    malformed)
 from zflash.package.keys import TrustStore
-from zflash.package.signing import MANIFEST_DOMAIN, Signature, decode_signatures, verify
+from zflash.package.signing import (MANIFEST_DOMAIN, Signature, decode_signatures,
+                                    encode_signatures, verify)
 
 _ZERO_DIGESTS: dict[int, bytes] = {}
 
@@ -87,7 +88,6 @@ class PackageHead:
         """The head re-encoded (what a host sends the device to begin an update)."""
         tables = b"".join(e.encode() for p in self.manifest.partitions
                           for e in self.tables[p.name])
-        from zflash.package.signing import encode_signatures
         return (self.header.encode() + self.manifest_bytes
                 + encode_signatures(self.signatures) + tables)
 
