@@ -324,3 +324,20 @@ def test_emulate_identity_from_options_and_bad_profile(tmp_path):
                     "--tcp", "0")
     assert result.returncode == 2 and "error 9002" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_one_host_session_at_a_time_across_protocols(emulator):
+    """While a ZDL host holds the device, a fastboot host waits (and times out cleanly)."""
+    from zflash.errors import Code, ZflashError
+    from zflash.fastboot_client import FastbootClient
+    from zflash.flasher import open_session
+    runner = emulator()
+    fastboot_url = runner.start_fastboot_tcp(0)
+    with open_session(runner.urls[0]) as session:
+        assert session.identify().product == "zx-demo"
+        with pytest.raises(ZflashError) as err:
+            with FastbootClient.connect(fastboot_url, timeout=1.0) as client:
+                client.getvar("product")
+        assert err.value.code in (Code.TIMEOUT, Code.LINK_LOST)
+    with FastbootClient.connect(fastboot_url, timeout=10.0) as client:
+        assert client.getvar("product") == "zx-demo"

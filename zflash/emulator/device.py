@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
@@ -130,6 +131,9 @@ class EmulatedDevice:
                  power_loss_at: str | None = None,
                  on_power_loss: Callable[[], None] | None = None) -> None:
         self.storage = storage
+        #: one host session at a time, whatever the protocol or link (a real device is in one
+        #: mode, talking to one host); servers hold it for a whole session
+        self.lock = threading.RLock()
         self.session: UpdateSession | None = None
         self.fail_next_boot = False
         self.power_loss_at = power_loss_at

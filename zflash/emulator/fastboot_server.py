@@ -386,7 +386,7 @@ def serve_fastboot_tcp(device: EmulatedDevice, port: int = DEFAULT_TCP_PORT,
                 conn, _ = listener.accept()
             except TimeoutError:
                 continue
-            with conn:
+            with conn, device.lock:  # one host session at a time, ZDL or fastboot
                 _serve_connection(conn, FastbootSession(device, options), stop)
 
 
@@ -455,6 +455,12 @@ def serve_fastboot_usb(device: EmulatedDevice, link: DeviceConnection,
     """
     stop = stop_event or threading.Event()
     options = options or FastbootOptions()
+    with device.lock:  # one host session at a time, ZDL or fastboot
+        _serve_usb_session(device, link, options, stop)
+
+
+def _serve_usb_session(device: EmulatedDevice, link: DeviceConnection,
+                       options: FastbootOptions, stop: threading.Event) -> None:
     session = FastbootSession(device, options)
     try:
         while not stop.is_set() and not session.closed:

@@ -43,7 +43,6 @@ class ZdlServer:
         self.device = device
         self.options = options or ServerOptions()
         self._log = log or (lambda message: None)
-        self._lock = threading.Lock()
 
     def serve(self, conn: DeviceConnection, stop: threading.Event | None = None,
               set_baud: Callable[[int], None] | None = None) -> None:
@@ -56,7 +55,7 @@ class ZdlServer:
         engine = DeviceEngine(max_data=self.options.max_data, window=self.options.window,
                               bauds=self.options.bauds)
         ping_deadline: float | None = None
-        with self._lock:  # one host at a time per device, as on a real USB port
+        with self.device.lock:  # one host at a time per device, as on a real USB port
             try:
                 while not stop.is_set():
                     try:
