@@ -341,3 +341,31 @@ def test_one_host_session_at_a_time_across_protocols(emulator):
         assert err.value.code in (Code.TIMEOUT, Code.LINK_LOST)
     with FastbootClient.connect(fastboot_url, timeout=10.0) as client:
         assert client.getvar("product") == "zx-demo"
+
+
+def test_slot_show_and_set_active(emulator):
+    runner = emulator()
+    url = runner.urls[0]
+    shown = zflash("slot", "-d", url, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["current_slot"] == "a"
+    switched = zflash("slot", "-d", url, "set-active", "b")
+    assert switched.returncode == 0 and "active slot is now b" in switched.stdout
+    assert zflash("reboot", "-d", url).returncode == 0
+    assert info(url)["current_slot"] == "b"
+    bad = zflash("slot", "-d", url, "set-active", "c")
+    assert bad.returncode == 32 and "error 9032" in bad.stderr
+
+
+def test_userdata_is_wiped_only_when_asked(emulator):
+    runner = emulator()
+    url, root = runner.urls[0], runner.storage.root
+    userdata = root / "partitions" / "userdata.img"
+    with open(userdata, "r+b") as handle:
+        handle.write(b"the user's photos")
+    assert zflash("flash", str(GOOD), "-d", url, *TRUST).returncode == 0
+    assert userdata.read_bytes().startswith(b"the user's photos")
+    result = zflash("flash", str(NEWER), "-d", url, *TRUST, "--wipe-userdata", "--json")
+    assert result.returncode == 0, result.stderr
+    assert any(e["event"] == "userdata_wiped" for e in events(result))
+    assert not any(userdata.read_bytes())
