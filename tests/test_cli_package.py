@@ -121,6 +121,13 @@ def test_trust_directory_is_used(tmp_path: Path):
      Code.BAD_KEY_FILE),
     (["pack", "--product", "x", "-o", "/tmp/x.zpk"], Code.USAGE),
     (["pack", "--recipe", str(SIGNING_PUB), "-o", "/tmp/x.zpk"], Code.USAGE),
+    (["keygen", "-o", "/nonexistent-dir/k.pem"], Code.FILE_UNWRITABLE),
+    (["pack", "--product", "p", "--hw-rev", "a", "--baseband", "b", "--version", "1",
+      "--rollback-index", "1", "--image", f"boot={SIGNING_PUB}", "--key", str(SIGNING_KEY),
+      "-o", "/nonexistent-dir/x.zpk"], Code.FILE_UNWRITABLE),
+    (["emulate", "--state", "/proc/zflash-state", "--tcp", "0"], Code.FILE_UNWRITABLE),
+    (["errors", "abc"], Code.USAGE),
+    (["flash"], Code.USAGE),
 ])
 def test_bad_input_gives_coded_error_never_traceback(args, code):
     assert_coded(run(*args), code)

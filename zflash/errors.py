@@ -23,6 +23,7 @@ class Code(IntEnum):
     BAD_KEY_FILE = 9006
     FILE_EXISTS = 9007
     INTERRUPTED = 9008
+    FILE_UNWRITABLE = 9009
     SIGNATURE = 9012
     NO_TRUSTED_KEY = 9013
     ROLLBACK = 9015
@@ -81,6 +82,8 @@ _ROWS: tuple[tuple[Code, str, str], ...] = (
      "Choose another path or pass --force to overwrite it."),
     (Code.INTERRUPTED, "Interrupted by the user",
      "Run the same command again; an interrupted flash resumes where it stopped."),
+    (Code.FILE_UNWRITABLE, "An output file or directory cannot be written",
+     "Check that the directory exists, is writable and has free space."),
     (Code.SIGNATURE, "Signature verification failed",
      "Redownload firmware; file corrupted."),
     (Code.NO_TRUSTED_KEY, "No trusted public key is configured",

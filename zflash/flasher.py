@@ -319,7 +319,11 @@ def backup(url: str, partition: str, slot: str | None, out: Path, emit: Emit,
         if info.slotted and slot is None:
             slot = facts.current_slot
         tmp = out.with_name(f".{out.name}.part")
-        with open(tmp, "wb") as handle:
+        try:
+            handle = open(tmp, "wb")
+        except OSError as exc:
+            raise ZflashError(Code.FILE_UNWRITABLE, f"{out}: {exc.strerror}") from None
+        with handle:
             def sink(data: bytes) -> None:
                 handle.write(data)
                 digest.update(data)

@@ -156,5 +156,5 @@ def install_rules(text: str, path: Path | None = None) -> Path:
             raise ZflashError(Code.PERMISSION_DENIED,
                               f"cannot write {target}: {exc.strerror}; run "
                               f"`sudo zflash udev-rules --install` (or pass --path)") from None
-        raise ZflashError(Code.FILE_UNREADABLE, f"cannot write {target}: {exc}") from None
+        raise ZflashError(Code.FILE_UNWRITABLE, f"cannot write {target}: {exc}") from None
     return target

@@ -48,7 +48,17 @@ class ZflashGroup(click.Group):
                 raise
             fail(ZflashError(Code.INTERNAL, f"{type(exc).__name__}: {exc}"), as_json)
 
-
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Usage errors are coded too (9002, exit 2), with click's usage line as the detail."""
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except click.exceptions.Abort:
+            fail(ZflashError(Code.INTERRUPTED))
+        except click.ClickException as exc:
+            usage = exc.ctx.get_usage() + "\n  " if getattr(exc, "ctx", None) else ""
+            fail(ZflashError(Code.USAGE, f"{usage}{exc.format_message()}"))
+        sys.exit(result if isinstance(result, int) else 0)
 
 
 def trust_options(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -143,6 +143,14 @@ class Storage:
         root = Path(root)
         if (root / "profile.json").exists():
             return cls(root)
+        try:
+            return cls._create(root, profile)
+        except OSError as exc:
+            raise ZflashError(Code.FILE_UNWRITABLE, f"cannot create the device's state in "
+                                                    f"{root}: {exc.strerror}") from None
+
+    @classmethod
+    def _create(cls, root: Path, profile: Profile) -> "Storage":
         (root / "partitions").mkdir(parents=True, exist_ok=True)
         (root / "staging").mkdir(exist_ok=True)
         for spec in profile.partitions:

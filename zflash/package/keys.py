@@ -94,11 +94,14 @@ def write_keypair(key: PrivateKey, private_path: Path, public_path: Path,
         if path.exists() and not force:
             raise ZflashError(Code.FILE_EXISTS, str(path))
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    fd = os.open(private_path, flags, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        os.fchmod(out.fileno(), 0o600)
-        out.write(private_pem(key))
-    public_path.write_bytes(public_pem(key))
+    try:
+        fd = os.open(private_path, flags, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), 0o600)
+            out.write(private_pem(key))
+        public_path.write_bytes(public_pem(key))
+    except OSError as exc:
+        raise ZflashError(Code.FILE_UNWRITABLE, f"{exc.filename}: {exc.strerror}") from None
 
 
 def _read_key_file(path: Path) -> bytes:

@@ -72,6 +72,14 @@ def build_package(info: PackageInfo, sources: list[PartitionSource], keys: list[
     if not keys:
         raise ZflashError(Code.USAGE, "a package needs at least one signing key")
     out_path = Path(out_path)
+    try:
+        return _build(info, sources, keys, out_path, codec, level, block_size)
+    except OSError as exc:  # reading inputs reports its own code; this is the output side
+        raise ZflashError(Code.FILE_UNWRITABLE, f"{out_path}: {exc.strerror}") from None
+
+
+def _build(info: PackageInfo, sources: list[PartitionSource], keys: list[PrivateKey],
+           out_path: Path, codec: str, level: int, block_size: int) -> Manifest:
     out_dir = out_path.parent if str(out_path.parent) else Path(".")
     with tempfile.TemporaryFile(dir=out_dir) as payload, ThreadPoolExecutor(2) as pool:
         built = [_build_partition(src, payload, codec, level, block_size, pool)
