@@ -293,3 +293,16 @@ def test_cli_emulate_fastboot_tcp_and_flash_text_output(tmp_path: Path) -> None:
         emulator.terminate()
         emulator.wait(10)
     assert_slot_b_holds(state)
+
+
+def test_device_facts_for_catalog_selection_over_fastboot(tmp_path):
+    """`fetch --for` / `flash --latest` read a fastboot device's facts from getvar."""
+    from emulator_helpers import demo_profile
+    from zflash.emulator.runner import EmulatorRunner
+    from zflash.flasher import read_device_facts
+    with EmulatorRunner(tmp_path / "fbdev", demo_profile()) as runner:
+        url = runner.start_fastboot_tcp(0)
+        facts = read_device_facts(url)
+    assert (facts.product, facts.hardware_revision, facts.baseband) == \
+        ("zx-demo", "A01", "ZXB-100")
+    assert facts.rollback_indexes[0] == 2 and facts.current_slot == "a"

@@ -230,6 +230,35 @@ def read_facts(client: FastbootClient, manifest: Manifest) -> FastbootFacts:
     return facts
 
 
+CATALOG_ROLLBACK_LOCATIONS = 4  # rollback-index:0..3 are asked for catalog selection
+
+
+def read_device_facts(url: str, timeout: float = 5.0) -> DeviceFacts:
+    """The facts a catalog selection needs, from a fastboot bootloader's getvar answers.
+
+    Rollback indexes come only from the vendor variable ``rollback-index:N`` (locations
+    0..3); a location the bootloader does not report counts as 0 for selection, and the
+    flash itself then reports the rollback check as unverifiable."""
+    with connect(url, timeout) as client:
+        facts = FastbootFacts()
+        names = ["product", "serialno", "version-baseband", "slot-count", "current-slot",
+                 *(f"rollback-index:{i}" for i in range(CATALOG_ROLLBACK_LOCATIONS))]
+        for name in names:
+            facts.values[name] = client.getvar(name, cached=True)
+        for name in HW_REVISION_VARS:
+            facts.values[name] = client.getvar(name, cached=True)
+            if facts.get(name) is not None:
+                break
+    rollback = {i: index for i in range(CATALOG_ROLLBACK_LOCATIONS)
+                if (index := facts.rollback_index(i)) is not None}
+    return DeviceFacts(product=facts.get("product") or "",
+                       hardware_revision=facts.get(facts.hw_revision_var) or "",
+                       baseband=facts.get("version-baseband") or "",
+                       serial=facts.get("serialno") or "", protocol_version=0, flash_size=0,
+                       cache_size=0, cache_free=0, current_slot=facts.current_slot,
+                       rollback_indexes=rollback)
+
+
 # ------------------------------------------------------------------------------ checks
 def fastboot_checks(package: Package, facts: FastbootFacts,
                     trust: TrustStore) -> list[Failure]:

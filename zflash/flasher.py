@@ -93,6 +93,11 @@ def open_session(url: str, options: SessionOptions | None = None, emit: Emit | N
 
 
 def read_device_facts(url: str, timeout: float = 5.0) -> DeviceFacts:
+    """The device's facts over ZDL, or from getvar answers on a fastboot device."""
+    from zflash.fastboot_flasher import read_device_facts as read_fastboot_facts
+    from zflash.fastboot_flasher import speaks_fastboot
+    if speaks_fastboot(url):
+        return read_fastboot_facts(url, timeout)
     with open_session(url, timeout=timeout) as session:
         return session.identify()
 
