@@ -369,3 +369,25 @@ def test_userdata_is_wiped_only_when_asked(emulator):
     assert result.returncode == 0, result.stderr
     assert any(e["event"] == "userdata_wiped" for e in events(result))
     assert not any(userdata.read_bytes())
+
+
+def test_three_devices_flashed_at_once(emulator):
+    """A factory line: one flash job per device, in parallel, no shared state between them."""
+    from concurrent.futures import ThreadPoolExecutor
+    from zflash.flasher import FlashOptions, flash
+    from zflash.package import keys as keymod
+    trust = keymod.TrustStore()
+    trust.add(keymod.load_public_key(SIGNING_PUB))
+    runners = [emulator() for _ in range(3)]
+    logs: list[list[dict]] = [[], [], []]
+
+    def job(i: int):
+        return flash(runners[i].urls[0], GOOD, trust, FlashOptions(), logs[i].append)
+
+    with ThreadPoolExecutor(3) as pool:
+        summaries = list(pool.map(job, range(3)))
+    assert [s.booted_slot for s in summaries] == ["b", "b", "b"]
+    for runner, log in zip(runners, logs):
+        assert runner.device.facts().current_slot == "b"
+        assert log[0]["event"] == "connected" and log[0]["url"] == runner.urls[0]
+        assert log[-1]["event"] == "done"

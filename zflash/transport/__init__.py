@@ -1,7 +1,7 @@
-"""Byte transports chosen by device URL (serial, TCP; USB to come). No protocol knowledge.
+"""Byte transports chosen by device URL (serial, TCP, USB bulk). No protocol knowledge.
 
-Importing this package stays cheap: pyserial is imported only when a serial port is opened,
-so listing USB devices does not pay for it.
+Importing this package stays cheap: pyserial and pyusb are imported only when a port or device
+is opened, so a command pays only for the transport it uses.
 """
 
 from zflash.transport.base import (
