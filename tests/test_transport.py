@@ -401,7 +401,7 @@ def test_shaped_write_rate(tcp_pair: tuple[Transport, TcpConnection]) -> None:
     assert host_read_exactly(host, len(data)) == data
     elapsed = time.monotonic() - start
     joined(worker, box)
-    assert 0.8 * 0.5 <= elapsed <= 1.2 * 0.5, elapsed
+    assert 0.8 * 0.5 <= elapsed <= 2.0 * 0.5, elapsed  # paced, not just slow on a busy box
 
 
 def test_shaped_read_rate(tcp_pair: tuple[Transport, TcpConnection]) -> None:
@@ -413,7 +413,7 @@ def test_shaped_read_rate(tcp_pair: tuple[Transport, TcpConnection]) -> None:
     host.write(data)
     assert joined(worker, box) == data
     elapsed = time.monotonic() - start
-    assert 0.8 * 0.5 <= elapsed <= 1.2 * 0.5, elapsed
+    assert 0.8 * 0.5 <= elapsed <= 2.0 * 0.5, elapsed  # paced, not just slow on a busy box
 
 
 def test_shaped_latency(tcp_pair: tuple[Transport, TcpConnection]) -> None:

@@ -104,7 +104,7 @@ def test_emulator_holds_a_transfer_without_zlp_until_its_end() -> None:
         dev.write(0x01, b"", 1000)  # with the ZLP it ends at once
         start = time.monotonic()
         assert len(device.link.read(4096, 1.0)) == 512
-        assert time.monotonic() - start < 0.1
+        assert time.monotonic() - start < 0.5  # well before the 1 s timeout
         usb.util.dispose_resources(dev)
     finally:
         backend.shutdown()
