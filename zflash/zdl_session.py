@@ -15,8 +15,8 @@ from typing import Callable, Iterable, Iterator
 from zflash.errors import Code, ZflashError
 from zflash.facts import DeviceFacts
 from zflash.protocol.zdl import (NEED_DATA, BaudSwitched, BlockRejected, Data, Error, Facts,
-                                 Hashes, HostEngine, Identify, Kept, Message, Ok, Pong, ReadDone,
-                                 Retransmitted, Session, SessionStarted, UpdateReady)
+                                 HostEngine, Identify, Message, ReadDone, Retransmitted, Session,
+                                 SessionStarted)
 from zflash.protocol.zdl import Read as ReadRequest
 from zflash.transport.base import Transport
 
@@ -264,5 +264,3 @@ class ZdlSession:
     def stats(self) -> dict[str, int]:
         return self.engine.stats.to_dict()
 
-
-__all__ = ["ZdlSession", "SessionOptions", "Hashes", "Kept", "Ok", "UpdateReady", "Pong"]
