@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zflash.errors import Code, ZflashError
+from zflash.fields import Fields
 from zflash.package.format import MAX_ROLLBACK_LOCATION, MAX_SIGNATURES, canonical_json
 from zflash.package.keys import ALGORITHMS, PrivateKey, TrustStore
 from zflash.package.signing import Signature, sign, verify
@@ -24,11 +25,8 @@ CATALOG_DOMAIN = b"zflash-catalog-v1\x00"
 FORMAT_NAME = "zflash-catalog/1"
 MAX_CATALOG_SIZE = 4 << 20
 MAX_ENTRIES = 4096
-MAX_UINT = 2**63 - 1
-_TEXT = re.compile(r"^[\x20-\x7e]{1,64}$")
 _URL = re.compile(r"^[\x21-\x7e]{1,2048}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 ENTRY_FIELDS = ("name", "url", "product", "hardware_revisions", "baseband_ids", "version",
                 "rollback_index", "rollback_location", "build_time", "size", "sha256",
                 "manifest_sha256")
@@ -191,25 +189,9 @@ def _fields(obj: Any, expected: set[str], what: str) -> None:
         raise _bad(f"{what} must have exactly the fields {sorted(expected)}")
 
 
-def _uint(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_UINT:
-        raise _bad(f"{what} must be an integer in 0..{MAX_UINT}")
-    return value
-
-
-def _text(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not _TEXT.match(value):
-        raise _bad(f"{what}: text fields are 1..64 printable ASCII characters")
-    return value
+_FIELDS = Fields(_bad)
+_uint, _text, _hex64 = _FIELDS.uint, _FIELDS.text, _FIELDS.hex64
 
 
 def _texts(value: Any, what: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not 0 < len(value) <= 64:
-        raise _bad(f"{what}: expected a list of 1..64 strings")
-    return tuple(_text(v, what) for v in value)
-
-
-def _hex64(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not _HEX64.match(value):
-        raise _bad(f"{what} must be 64 lowercase hex digits")
-    return value
+    return _FIELDS.texts(value, what, unique=False)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zflash.errors import Code, ZflashError
+from zflash.fields import Fields
 
 MAGIC = b"ZPKG\r\n\x1a\n"
 FORMAT_VERSION = 1
@@ -45,8 +46,6 @@ KIND_ZLIB = 2
 KIND_NAMES = {KIND_ZERO: "zero", KIND_RAW: "raw", KIND_ZLIB: "zlib"}
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
-_TEXT_RE = re.compile(r"^[\x20-\x7e]{1,64}$")
-_HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def malformed(detail: str) -> ZflashError:
@@ -236,31 +235,8 @@ def _partition_from_json(obj: Any) -> PartitionEntry:
                                             2 * MAX_IMAGE_SIZE))
 
 
-def _uint(value: Any, what: str, limit: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
-        raise malformed(f"{what} must be an integer in 0..{limit}")
-    return value
-
-
-def _text(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not _TEXT_RE.match(value):
-        raise malformed(f"{what} must be 1..64 printable ASCII characters")
-    return value
-
-
-def _text_list(value: Any, what: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not 0 < len(value) <= 64:
-        raise malformed(f"{what} must be a list of 1..64 strings")
-    items = tuple(_text(v, what) for v in value)
-    if len(set(items)) != len(items):
-        raise malformed(f"{what} has duplicates")
-    return items
-
-
-def _hex64(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not _HEX64_RE.match(value):
-        raise malformed(f"{what} must be 64 lowercase hex digits")
-    return value
+_FIELDS = Fields(malformed)
+_uint, _text, _text_list, _hex64 = _FIELDS.uint, _FIELDS.text, _FIELDS.texts, _FIELDS.hex64
 
 
 @dataclass(frozen=True)
