@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import io
-import os
 import random
-import shutil
 import struct
 import subprocess
 import zlib
@@ -17,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from zflash.errors import Code, ZflashError
+from conftest import require_tool
 from zflash.package import sparse
 from zflash.package.sparse import ChunkType, SparseReader
 
@@ -123,12 +122,8 @@ def raw_images(draw: st.DrawFn, block_sizes: tuple[int, ...] = (4, 8, 64, 512, 4
 
 
 def tools() -> tuple[str, str]:
-    img2simg, simg2img = shutil.which("img2simg"), shutil.which("simg2img")
-    if img2simg and simg2img:
-        return img2simg, simg2img
-    if os.environ.get("ZFLASH_REQUIRE_PEERS"):
-        pytest.fail("img2simg/simg2img missing but ZFLASH_REQUIRE_PEERS is set")
-    pytest.skip("img2simg not installed: apt-get install android-sdk-libsparse-utils")
+    """The stock tools, through conftest's rule (skip locally, fail in CI when missing)."""
+    return require_tool("img2simg"), require_tool("simg2img")
 
 
 def mixed_image(seed: int, size: int) -> bytes:

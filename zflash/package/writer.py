@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -84,12 +84,7 @@ def _build(info: PackageInfo, sources: list[PartitionSource], keys: list[Private
     with tempfile.TemporaryFile(dir=out_dir) as payload, ThreadPoolExecutor(2) as pool:
         built = [_build_partition(src, payload, codec, level, block_size, pool)
                  for src in sources]
-        manifest = Manifest(product=info.product, hardware_revisions=info.hardware_revisions,
-                            baseband_ids=info.baseband_ids, version=info.version,
-                            rollback_index=info.rollback_index,
-                            rollback_location=info.rollback_location,
-                            build_time=info.build_time,
-                            partitions=tuple(b.entry for b in built))
+        manifest = Manifest(**asdict(info), partitions=tuple(b.entry for b in built))
         # Round-trip through the parser so a bad field fails here, not on the device.
         manifest_bytes = manifest.encode()
         Manifest.decode(manifest_bytes)
