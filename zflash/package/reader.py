@@ -22,8 +22,7 @@ from zflash.package.format import (HEADER_SIZE, KIND_RAW, KIND_ZERO, KIND_ZLIB, 
                                    Header, Manifest, PartitionEntry, block_length, decode_table,
                                    malformed)
 from zflash.package.keys import TrustStore
-from zflash.package.signing import (MANIFEST_DOMAIN, Signature, decode_signatures,
-                                    encode_signatures, verify)
+from zflash.package.signing import MANIFEST_DOMAIN, Signature, decode_signatures, verify
 
 _ZERO_DIGESTS: dict[int, bytes] = {}
 
@@ -46,6 +45,7 @@ class PackageHead:
     signatures: list[Signature]
     tables: dict[str, list[BlockEntry]] = field(default_factory=dict)
     payload_starts: dict[str, int] = field(default_factory=dict)
+    raw: bytes = b""  # the head exactly as read, every byte already checked
 
     @property
     def digest(self) -> str:
@@ -73,7 +73,8 @@ class PackageHead:
         if manifest.stored_size != header.payload_size:
             raise malformed(f"payload is {header.payload_size} bytes, the manifest says "
                             f"{manifest.stored_size}")
-        head = cls(header, manifest_bytes, manifest, signatures)
+        head = cls(header, manifest_bytes, manifest, signatures,
+                   raw=bytes(data[:header.payload_offset]))
         table_pos, payload_pos = header.tables_offset, 0
         for part in manifest.partitions:
             size = part.block_count * 48
@@ -85,11 +86,8 @@ class PackageHead:
         return head
 
     def head_bytes(self) -> bytes:
-        """The head re-encoded (what a host sends the device to begin an update)."""
-        tables = b"".join(e.encode() for p in self.manifest.partitions
-                          for e in self.tables[p.name])
-        return (self.header.encode() + self.manifest_bytes
-                + encode_signatures(self.signatures) + tables)
+        """The head as read (what a host sends the device to begin an update)."""
+        return self.raw
 
 
 def decode_block(part: PartitionEntry, index: int, entry: BlockEntry,
