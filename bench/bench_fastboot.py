@@ -98,7 +98,7 @@ def main() -> None:
 
 def run_rounds(fastboot: str, port: int, image: Path, want: str, state: Path, rounds: int,
                size: int) -> None:
-    from zflash.fastboot_client import FastbootClient
+    from zflash.targets.fastboot.client import FastbootClient
     serial = f"tcp:127.0.0.1:{port}"
 
     def library() -> float:

@@ -27,7 +27,7 @@ from zflash.emulator.storage import PartitionSpec, Profile, Storage  # noqa: E40
 from zflash.emulator.usb_backend import EmulatedUsbBackend  # noqa: E402
 from zflash.emulator.usb_device import EmulatedUsbDevice  # noqa: E402
 from zflash.emulator.zdl_server import ZdlServer  # noqa: E402
-from zflash.flasher import FlashOptions, flash  # noqa: E402
+from zflash.flash import FlashOptions, flash  # noqa: E402
 from zflash.package import keys as keymod  # noqa: E402
 
 KEY = REPO / "firmware-samples" / "keys" / "zx-demo-TEST-ONLY-signing.pem"

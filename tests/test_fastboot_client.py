@@ -24,8 +24,8 @@ from test_fastboot_emulator import (make_device, make_image, padded_sha256,
 from zflash.emulator.device import EmulatedDevice
 from zflash.emulator.fastboot_server import FastbootOptions, FastbootTcpServer
 from zflash.errors import Code, ZflashError
-from zflash.fastboot_client import FastbootClient, normalize_url
-from zflash.fastboot_flashall import check_requirements, flashall, parse_android_info
+from zflash.targets.fastboot.client import FastbootClient, normalize_url
+from zflash.targets.fastboot.flashall import check_requirements, flashall, parse_android_info
 from zflash.protocol.fastboot.tcp import encode_message, message_header
 
 

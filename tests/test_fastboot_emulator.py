@@ -21,7 +21,7 @@ from zflash.emulator.device import EmulatedDevice
 from zflash.emulator.fastboot_server import FastbootOptions, FastbootSession
 from zflash.emulator.storage import PartitionSpec, Profile, Storage
 from zflash.errors import Code, ZflashError
-from zflash.fastboot_client import FastbootClient, PacketLink
+from zflash.targets.fastboot.client import FastbootClient, PacketLink
 from zflash.package.sparse import split_sparse, write_sparse
 from zflash.transport import Transport
 

@@ -34,8 +34,8 @@ from zflash.emulator.storage import PartitionSpec, Profile, Storage
 from zflash.emulator.usb_backend import EmulatedUsbBackend
 from zflash.emulator.usb_device import EmulatedUsbDevice
 from zflash.errors import Code, ZflashError
-from zflash.fastboot_flasher import speaks_fastboot
-from zflash.flasher import FlashOptions, PreflightRefused, flash
+from zflash.targets.fastboot.flasher import speaks_fastboot
+from zflash.flash import FlashOptions, PreflightRefused, flash
 from zflash.package import keys as keymod
 
 LIMIT = 64 << 10
@@ -299,7 +299,7 @@ def test_device_facts_for_catalog_selection_over_fastboot(tmp_path):
     """`fetch --for` / `flash --latest` read a fastboot device's facts from getvar."""
     from emulator_helpers import demo_profile
     from zflash.emulator.runner import EmulatorRunner
-    from zflash.flasher import read_device_facts
+    from zflash.flash import read_device_facts
     with EmulatorRunner(tmp_path / "fbdev", demo_profile()) as runner:
         url = runner.start_fastboot_tcp(0)
         facts = read_device_facts(url)

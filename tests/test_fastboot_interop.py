@@ -100,7 +100,7 @@ def test_set_active_and_reboot(served: tuple[EmulatedDevice, str], tmp_path: Pat
 def test_zflash_sparse_images_expand_with_simg2img(served: tuple[EmulatedDevice, str],
                                                    tmp_path: Path) -> None:
     """Pieces zflash's client sends, read back with upload, expand (simg2img) correctly."""
-    from zflash.fastboot_client import FastbootClient
+    from zflash.targets.fastboot.client import FastbootClient
     from zflash.package.sparse import split_sparse
     device, serial = served
     raw = make_image(tmp_path / "system.img", 2 << 20, seed=10, noise=8)

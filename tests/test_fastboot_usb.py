@@ -29,7 +29,7 @@ from zflash.emulator.fastboot_server import FastbootOptions, serve_fastboot_usb
 from zflash.emulator.usb_backend import EmulatedUsbBackend
 from zflash.emulator.usb_device import EmulatedUsbDevice
 from zflash.errors import Code, ZflashError
-from zflash.fastboot_client import FastbootClient
+from zflash.targets.fastboot.client import FastbootClient
 from zflash.transport.usb import UsbTransport
 
 SERIAL = "ZXFB0001"

@@ -329,8 +329,8 @@ def test_emulate_identity_from_options_and_bad_profile(tmp_path):
 def test_one_host_session_at_a_time_across_protocols(emulator):
     """While a ZDL host holds the device, a fastboot host waits (and times out cleanly)."""
     from zflash.errors import Code, ZflashError
-    from zflash.fastboot_client import FastbootClient
-    from zflash.flasher import open_session
+    from zflash.targets.fastboot.client import FastbootClient
+    from zflash.flash import open_session
     runner = emulator()
     fastboot_url = runner.start_fastboot_tcp(0)
     with open_session(runner.urls[0]) as session:
@@ -374,7 +374,7 @@ def test_userdata_is_wiped_only_when_asked(emulator):
 def test_three_devices_flashed_at_once(emulator):
     """A factory line: one flash job per device, in parallel, no shared state between them."""
     from concurrent.futures import ThreadPoolExecutor
-    from zflash.flasher import FlashOptions, flash
+    from zflash.flash import FlashOptions, flash
     from zflash.package import keys as keymod
     trust = keymod.TrustStore()
     trust.add(keymod.load_public_key(SIGNING_PUB))

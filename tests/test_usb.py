@@ -19,9 +19,9 @@ import pytest
 import usb.core
 import usb.util
 
-from zflash import doctor
-from zflash.devices import list_devices, wait_for_new
-from zflash.doctor import check_usb_devices, exit_status
+from zflash.usb import doctor
+from zflash.usb.devices import list_devices, wait_for_new
+from zflash.usb.doctor import check_usb_devices, exit_status
 from zflash.emulator.usb_backend import (
     EmulatedUsbBackend,
     EmulatedUsbDevice,
@@ -31,8 +31,8 @@ from zflash.emulator.usb_backend import (
 from zflash.errors import Code, ZflashError
 from zflash.transport import open_transport
 from zflash.transport.usb import MAX_TRANSFER, UsbTransport
-from zflash.udev import check_rules, install_rules, parse_rule_line, render_rules
-from zflash.usb_ids import (
+from zflash.usb.udev import check_rules, install_rules, parse_rule_line, render_rules
+from zflash.usb.ids import (
     FASTBOOT_INTERFACE,
     ZDL_INTERFACE,
     IdTable,

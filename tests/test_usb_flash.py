@@ -14,7 +14,7 @@ from zflash.emulator.usb_backend import EmulatedUsbBackend
 from zflash.emulator.usb_device import EmulatedUsbDevice
 from zflash.emulator.zdl_server import ZdlServer
 from zflash.errors import Code, ZflashError
-from zflash.flasher import FlashOptions, flash
+from zflash.flash import FlashOptions, flash
 from zflash.package import keys as keymod
 
 _BACKEND: EmulatedUsbBackend | None = None

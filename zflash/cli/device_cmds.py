@@ -15,10 +15,10 @@ from zflash.cli.fetch_cmds import fetch_config, tls_options
 from zflash.cli.render import DownloadRenderer, EventRenderer
 from zflash.errors import Code, ZflashError
 from zflash.facts import DeviceFacts
-from zflash.flasher import (FlashOptions, backup as backup_partition, flash as flash_package,
+from zflash.flash import (FlashOptions, backup as backup_partition, flash as flash_package,
                             open_session, reboot as reboot_device)
 from zflash.protocol.zdl import Ok, SetActive
-from zflash.zdl_session import SessionOptions
+from zflash.targets.zdl.session import SessionOptions
 
 DEVICE_HELP = ("Device URL: serial:///dev/ttyUSB0?baud=115200, /dev/ttyACM0, COM3, "
                "tcp://HOST:PORT, usb://1209:0001?serial=X (env ZFLASH_DEVICE)")
@@ -239,7 +239,7 @@ def fetch_latest_for(url: str, catalog_url: str, trust: Any, as_json: bool,
                      state_file: Path | None) -> Path:
     """The newest compatible package for the device at ``url``, downloaded and verified."""
     from zflash.fetch.remote import fetch_latest
-    from zflash.flasher import read_device_facts
+    from zflash.flash import read_device_facts
     facts = read_device_facts(url)
     render = DownloadRenderer(as_json)
     try:

@@ -112,7 +112,7 @@ class Renderer:
 
 
 def _client(opts: Options) -> Any:
-    from zflash.fastboot_client import FastbootClient
+    from zflash.targets.fastboot.client import FastbootClient
     url = opts.device or os.environ.get("ZFLASH_DEVICE")
     if not url:
         raise ZflashError(Code.USAGE, "name the device with -s URL (e.g. "
@@ -298,7 +298,7 @@ def flashall_cmd(ctx: click.Context, directory: Path, skip_reboot: bool,
     Images go to the inactive slot unless --slot says otherwise; nothing is written if a
     requirement fails (9040) or cannot be checked (9045).
     """
-    from zflash.fastboot_flashall import flashall
+    from zflash.targets.fastboot.flashall import flashall
     opts = _settings(ctx, **over)
     with _client(opts) as client:
         result = flashall(client, directory, opts.slot or "other", accept_unverifiable,

@@ -43,7 +43,7 @@ def _rollback_indexes(values: tuple[str, ...]) -> dict[int, int]:
 
 def _device_facts(device_url: str) -> DeviceFacts:
     """Ask the connected device (the flasher is imported only when --for is used)."""
-    from zflash.flasher import read_device_facts
+    from zflash.flash import read_device_facts
     return read_device_facts(device_url)
 
 

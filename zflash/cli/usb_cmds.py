@@ -11,17 +11,17 @@ import click
 
 from zflash.cli import main
 from zflash.cli.common import emit_json
-from zflash.devices import Listing, list_devices, wait_for_new
-from zflash.doctor import exit_status, run_checks
+from zflash.usb.devices import Listing, list_devices, wait_for_new
+from zflash.usb.doctor import exit_status, run_checks
 from zflash.errors import Code, ZflashError
-from zflash.udev import (
+from zflash.usb.udev import (
     INSTALL_DIR,
     RELOAD_HINT,
     RULES_NAME,
     install_rules,
     render_rules,
 )
-from zflash.usb_ids import config_path, load_id_table
+from zflash.usb.ids import config_path, load_id_table
 
 _FOREVER = "forever"
 

@@ -37,7 +37,7 @@ import usb.core
 
 from zflash.emulator.link import HostDisconnected
 from zflash.errors import Code, ZflashError
-from zflash.usb_ids import EMULATED_PID, EMULATED_VID, FASTBOOT_INTERFACE, ZDL_INTERFACE
+from zflash.usb.ids import EMULATED_PID, EMULATED_VID, FASTBOOT_INTERFACE, ZDL_INTERFACE
 
 EP_OUT, EP_IN = 0x01, 0x81
 # libusb error codes, as pyusb's libusb1 backend reports them

@@ -60,7 +60,7 @@ from zflash.transport.usb_find import (
     resolve_backend,
     select,
 )
-from zflash.usb_ids import IdTable
+from zflash.usb.ids import IdTable
 
 MAX_TRANSFER = 1 << 20            # largest single OUT transfer
 READ_SIZE = (1 << 20) + 1024      # IN buffer: a whole 1 MiB ZDL frame plus headroom

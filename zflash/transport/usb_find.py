@@ -29,7 +29,7 @@ import usb.core
 import usb.util
 
 from zflash.errors import Code, ZflashError
-from zflash.usb_ids import IdTable, InterfaceClass, UsbId, load_id_table
+from zflash.usb.ids import IdTable, InterfaceClass, UsbId, load_id_table
 
 BACKEND_HOOK_ENV = "ZFLASH_USB_BACKEND"
 LIBUSB_ENV = "ZFLASH_LIBUSB"

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from zflash.devices import list_serial_ports
+from zflash.usb.devices import list_serial_ports
 from zflash.errors import Code, ZflashError, lookup
 from zflash.transport.usb_find import (
     BACKEND_HOOK_ENV,
@@ -27,8 +27,8 @@ from zflash.transport.usb_find import (
     enumerate_devices,
     find_libusb,
 )
-from zflash.udev import RELOAD_HINT, check_rules, installed_rules, render_rules
-from zflash.usb_ids import IdTable
+from zflash.usb.udev import RELOAD_HINT, check_rules, installed_rules, render_rules
+from zflash.usb.ids import IdTable
 
 SERIAL_GROUPS = ("dialout", "uucp")
 USB_SYSFS = Path("/sys/bus/usb/devices")

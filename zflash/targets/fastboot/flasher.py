@@ -48,8 +48,8 @@ from typing import Any, Iterator
 from zflash.checks import Failure, check_compatibility, check_rollback, check_signature
 from zflash.errors import Code, ZflashError
 from zflash.facts import DeviceFacts, PartitionInfo, SlotInfo
-from zflash.fastboot_client import FastbootClient
-from zflash.flasher import Emit, FlashOptions, FlashSummary, PreflightRefused
+from zflash.targets.fastboot.client import FastbootClient
+from zflash.flash import Emit, FlashOptions, FlashSummary, PreflightRefused
 from zflash.package.format import KIND_ZERO, Manifest, PartitionEntry
 from zflash.package.keys import TrustStore
 from zflash.package.reader import Package

@@ -26,7 +26,7 @@ from zflash.protocol.zdl import (CODEC_NONE, CODEC_ZLIB, BeginUpdate, BlockHashe
                                  CommitPartition, Erase, Hashes, KeepBlocks, Kept, Ok, Reboot,
                                  SetActive, UpdateReady)
 from zflash.transport.base import open_transport
-from zflash.zdl_session import SessionOptions, ZdlSession
+from zflash.targets.zdl.session import SessionOptions, ZdlSession
 
 Emit = Callable[[dict[str, object]], None]
 HASH_BATCH = 65536  # blocks per BLOCK_HASHES request (the protocol's maximum)
@@ -94,8 +94,8 @@ def open_session(url: str, options: SessionOptions | None = None, emit: Emit | N
 
 def read_device_facts(url: str, timeout: float = 5.0) -> DeviceFacts:
     """The device's facts over ZDL, or from getvar answers on a fastboot device."""
-    from zflash.fastboot_flasher import read_device_facts as read_fastboot_facts
-    from zflash.fastboot_flasher import speaks_fastboot
+    from zflash.targets.fastboot.flasher import read_device_facts as read_fastboot_facts
+    from zflash.targets.fastboot.flasher import speaks_fastboot
     if speaks_fastboot(url):
         return read_fastboot_facts(url, timeout)
     with open_session(url, timeout=timeout) as session:
@@ -122,7 +122,7 @@ def preflight(package: Package, facts: DeviceFacts, trust: TrustStore, emit: Emi
 def flash(url: str, package_path: Path, trust: TrustStore, options: FlashOptions,
           emit: Emit) -> FlashSummary:
     """Flash one package into one device; safe to run again after any interruption."""
-    from zflash.fastboot_flasher import flash_fastboot, speaks_fastboot
+    from zflash.targets.fastboot.flasher import flash_fastboot, speaks_fastboot
     if speaks_fastboot(url):  # fastboot+tcp://, or a USB device with fastboot's interface
         return flash_fastboot(url, package_path, trust, options, emit)
     started = time.monotonic()

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from zflash.errors import Code, ZflashError
-from zflash.fastboot_client import FastbootClient, image_sizes
+from zflash.targets.fastboot.client import FastbootClient, image_sizes
 
 INFO_FILE = "android-info.txt"
 ALIASES = {"board": "product", "baseband": "version-baseband",

@@ -15,7 +15,7 @@ from serial.tools import list_ports
 
 from zflash.errors import Code, ZflashError
 from zflash.transport.usb_find import UsbDeviceInfo, enumerate_devices
-from zflash.usb_ids import IdTable
+from zflash.usb.ids import IdTable
 
 POLL_SECONDS = 0.5
 

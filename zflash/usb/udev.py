@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zflash.errors import Code, ZflashError
-from zflash.usb_ids import IdTable
+from zflash.usb.ids import IdTable
 
 RULES_NAME = "60-zflash.rules"
 INSTALL_DIR = Path("/etc/udev/rules.d")

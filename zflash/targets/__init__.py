@@ -1,0 +1,1 @@
+"""One back-end per download mode behind one interface (see ``base.Target``)."""

@@ -1,0 +1,1 @@
+"""The fastboot back-end: the I/O driver of ``zflash.protocol.fastboot``."""

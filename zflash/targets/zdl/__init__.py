@@ -1,0 +1,1 @@
+"""The ZDL back-end: the I/O driver of ``zflash.protocol.zdl``."""
