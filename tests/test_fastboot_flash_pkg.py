@@ -34,7 +34,7 @@ from zflash.emulator.storage import PartitionSpec, Profile, Storage
 from zflash.emulator.usb_backend import EmulatedUsbBackend
 from zflash.emulator.usb_device import EmulatedUsbDevice
 from zflash.errors import Code, ZflashError
-from zflash.targets.fastboot.flasher import speaks_fastboot
+from zflash.targets.registry import protocol_of
 from zflash.flash import FlashOptions, PreflightRefused, flash
 from zflash.package import keys as keymod
 
@@ -196,9 +196,12 @@ def test_options_that_do_not_apply_to_fastboot(emulator: Start) -> None:
 
 
 def test_dispatch_by_url() -> None:
-    assert speaks_fastboot("fastboot+tcp://127.0.0.1:5554")
-    assert not speaks_fastboot("tcp://127.0.0.1:5554")  # ZDL over TCP
-    assert not speaks_fastboot("/dev/ttyUSB0") and not speaks_fastboot("usb://zz:zz")
+    assert protocol_of("fastboot+tcp://127.0.0.1:5554") == "fastboot"
+    assert protocol_of("tcp://127.0.0.1:5554") == "zdl"  # ZDL over TCP
+    assert protocol_of("/dev/ttyUSB0") == "zdl"
+    with pytest.raises(ZflashError) as bad:
+        protocol_of("usb://zz:zz")
+    assert bad.value.code == Code.BAD_DEVICE_URL
 
 
 # --- over emulated USB, through the flasher function ---------------------------------------
@@ -224,7 +227,7 @@ def test_good_sample_over_emulated_usb_fastboot(tmp_path: Path,
     monkeypatch.setenv("XDG_CONFIG_HOME", str(REPO / "tests" / "no-such-config-dir"))
     try:
         url = "usb://1209:0001?serial=ZXFBPKG1"
-        assert speaks_fastboot(url)
+        assert protocol_of(url) == "fastboot"
         events: list[Event] = []
         summary = flash(url, GOOD, trust(), FlashOptions(), events.append)
         assert summary.slot == "b" and "slot_switched" in kinds(events)

@@ -330,11 +330,11 @@ def test_one_host_session_at_a_time_across_protocols(emulator):
     """While a ZDL host holds the device, a fastboot host waits (and times out cleanly)."""
     from zflash.errors import Code, ZflashError
     from zflash.targets.fastboot.client import FastbootClient
-    from zflash.flash import open_session
+    from zflash.targets.registry import open_target
     runner = emulator()
     fastboot_url = runner.start_fastboot_tcp(0)
-    with open_session(runner.urls[0]) as session:
-        assert session.identify().product == "zx-demo"
+    with open_target(runner.urls[0]) as target:
+        assert target.identify().facts.product == "zx-demo"
         with pytest.raises(ZflashError) as err:
             with FastbootClient.connect(fastboot_url, timeout=1.0) as client:
                 client.getvar("product")

@@ -15,6 +15,7 @@ from zflash.emulator.usb_device import EmulatedUsbDevice
 from zflash.emulator.zdl_server import ZdlServer
 from zflash.errors import Code, ZflashError
 from zflash.flash import FlashOptions, flash
+from zflash.targets.base import LinkOptions
 from zflash.package import keys as keymod
 
 _BACKEND: EmulatedUsbBackend | None = None
@@ -86,6 +87,6 @@ def test_unplug_mid_transfer_is_link_lost_then_resume_completes(usb_device):
 
 def test_unknown_serial_is_device_not_found(usb_device):
     with pytest.raises(ZflashError) as err:
-        flash("usb://1209:0001?serial=NOPE", GOOD, trust_for(), FlashOptions(timeout=0.5),
+        flash("usb://1209:0001?serial=NOPE", GOOD, trust_for(), FlashOptions(link=LinkOptions(timeout=0.5)),
               lambda e: None)
     assert err.value.code == Code.DEVICE_NOT_FOUND

@@ -8,6 +8,7 @@ Each function returns every failure it finds, never only the first.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 from zflash.errors import Code, ZflashError, lookup
 from zflash.facts import DeviceFacts
@@ -36,24 +37,56 @@ def check_signature(head: PackageHead, trust: TrustStore) -> list[Failure]:
     return []
 
 
-def check_compatibility(manifest: Manifest, facts: DeviceFacts) -> list[Failure]:
-    failures = []
-    if manifest.product != facts.product:
-        failures.append(Failure(Code.COMPATIBILITY, "product",
-                                f"package is for product {manifest.product!r}, "
-                                f"device is {facts.product!r}"))
-    if facts.hardware_revision not in manifest.hardware_revisions:
-        failures.append(Failure(Code.COMPATIBILITY, "hardware_revision",
-                                f"device hardware revision {facts.hardware_revision!r} is not "
-                                f"among {list(manifest.hardware_revisions)}"))
-    if facts.baseband not in manifest.baseband_ids:
-        failures.append(Failure(Code.COMPATIBILITY, "baseband",
-                                f"device baseband {facts.baseband!r} is not among "
-                                f"{list(manifest.baseband_ids)}"))
+@dataclass(frozen=True)
+class Unverifiable(Failure):
+    """A check the device cannot answer: it does not report ``variable``."""
+
+    variable: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "variable": self.variable}
+
+
+#: fact key -> what would have reported it, its last word the variable's name
+#: (e.g. "getvar rollback-index:0"); see targets.base.Identity
+Unreported = Mapping[str, str]
+
+
+def _unverifiable(check: str, source: str, what: str) -> Unverifiable:
+    return Unverifiable(Code.UNVERIFIABLE, check, f"the device does not report {source}: "
+                                                  f"{what}", source.split()[-1])
+
+
+def check_compatibility(manifest: Manifest, facts: DeviceFacts,
+                        unreported: Unreported | None = None) -> list[Failure]:
+    """Product, hardware revision and baseband; a fact the device does not report makes
+    its check unverifiable, never passed."""
+    unreported = unreported or {}
+    failures: list[Failure] = []
+    rules = (("product", manifest.product == facts.product,
+              f"package is for product {manifest.product!r}, device is {facts.product!r}"),
+             ("hardware_revision", facts.hardware_revision in manifest.hardware_revisions,
+              f"device hardware revision {facts.hardware_revision!r} is not among "
+              f"{list(manifest.hardware_revisions)}"),
+             ("baseband", facts.baseband in manifest.baseband_ids,
+              f"device baseband {facts.baseband!r} is not among "
+              f"{list(manifest.baseband_ids)}"))
+    for check, ok, message in rules:
+        if check in unreported:
+            failures.append(_unverifiable(check, unreported[check], f"cannot check the "
+                                          f"package's {check.replace('_', ' ')}"))
+        elif not ok:
+            failures.append(Failure(Code.COMPATIBILITY, check, message))
     return failures
 
 
-def check_rollback(manifest: Manifest, facts: DeviceFacts) -> list[Failure]:
+def check_rollback(manifest: Manifest, facts: DeviceFacts,
+                   unreported: Unreported | None = None) -> list[Failure]:
+    key = f"rollback_index:{manifest.rollback_location}"
+    if unreported and key in unreported:
+        return [_unverifiable("rollback", unreported[key], (
+            f"cannot compare the package's rollback index {manifest.rollback_index} with the "
+            f"device's stored index"))]
     stored = facts.rollback_indexes.get(manifest.rollback_location, 0)
     if manifest.rollback_index < stored:
         return [Failure(Code.ROLLBACK, "rollback",
@@ -63,42 +96,61 @@ def check_rollback(manifest: Manifest, facts: DeviceFacts) -> list[Failure]:
     return []
 
 
-def check_storage(manifest: Manifest, facts: DeviceFacts) -> list[Failure]:
-    """Each image fits its partition; unslotted images fit the staging cache together."""
-    failures = []
+def check_storage(manifest: Manifest, facts: DeviceFacts, unreported: Unreported | None = None,
+                  staging_cache: bool = True) -> list[Failure]:
+    """Each image fits its partition; with a staging cache, unslotted images fit it
+    together. A partition or size the device does not report is unverifiable."""
+    unreported = unreported or {}
+    failures: list[Failure] = []
     staged = 0
     for part in manifest.partitions:
         target = facts.partition(part.name)
         if target is None:
-            failures.append(Failure(Code.NO_SUCH_PARTITION, "partition",
-                                    f"device has no partition {part.name!r}"))
+            key = f"partition:{part.name}"
+            if key in unreported:
+                failures.append(_unverifiable("partition", unreported[key],
+                                              f"it may have no partition {part.name}"))
+            else:
+                failures.append(Failure(Code.NO_SUCH_PARTITION, "partition",
+                                        f"device has no partition {part.name!r}"))
             continue
         if target.slotted != part.slotted:
             kind = "slotted" if part.slotted else "unslotted"
             failures.append(Failure(Code.COMPATIBILITY, "layout",
                                     f"package has {part.name} {kind}, the device does not"))
-        if part.size > target.size:
+            continue
+        size_key = f"size:{part.name}"
+        if size_key in unreported:
+            failures.append(_unverifiable("storage", unreported[size_key], (
+                f"cannot check that the {part.size}-byte image {part.name} fits")))
+        elif part.size > target.size:
             failures.append(Failure(Code.STORAGE, "storage",
                                     f"image {part.name} is {part.size} bytes, the partition "
                                     f"holds {target.size}"))
         if not part.slotted:
             staged += part.size
-    if staged > facts.cache_free:
+    if staging_cache and staged > facts.cache_free:
         failures.append(Failure(Code.STORAGE, "storage",
                                 f"unslotted images need {staged} bytes of staging cache, "
                                 f"the device has {facts.cache_free} free"))
     if any(p.slotted for p in manifest.partitions) and facts.inactive_slot is None:
         failures.append(Failure(Code.SLOT, "slots",
                                 "package has A/B partitions but the device reports no "
-                                "inactive slot"))
+                                "inactive slot" + (f" ({unreported['slots']})"
+                                                   if "slots" in unreported else "")))
     return failures
 
 
-def check_device(manifest: Manifest, facts: DeviceFacts) -> list[Failure]:
+def check_device(manifest: Manifest, facts: DeviceFacts, unreported: Unreported | None = None,
+                 staging_cache: bool = True) -> list[Failure]:
     """Every check that needs the device's facts."""
-    return (check_compatibility(manifest, facts) + check_rollback(manifest, facts)
-            + check_storage(manifest, facts))
+    return (check_compatibility(manifest, facts, unreported)
+            + check_rollback(manifest, facts, unreported)
+            + check_storage(manifest, facts, unreported, staging_cache))
 
 
-def check_all(head: PackageHead, facts: DeviceFacts, trust: TrustStore) -> list[Failure]:
-    return check_signature(head, trust) + check_device(head.manifest, facts)
+def check_all(head: PackageHead, facts: DeviceFacts, trust: TrustStore,
+              unreported: Unreported | None = None,
+              staging_cache: bool = True) -> list[Failure]:
+    return check_signature(head, trust) + check_device(head.manifest, facts, unreported,
+                                                       staging_cache)

@@ -42,6 +42,7 @@ class Code(IntEnum):
     SLOT = 9032
     NO_SUCH_PARTITION = 9033
     DEVICE_REFUSED = 9034
+    NOT_SUPPORTED = 9035
     COMPATIBILITY = 9040
     UNVERIFIABLE = 9045
     TLS_PIN = 9050
@@ -121,6 +122,8 @@ _ROWS: tuple[tuple[Code, str, str], ...] = (
      "Check the partition name against `zflash info`."),
     (Code.DEVICE_REFUSED, "The device refused the command",
      "Read the device's message above; check the device is unlocked for this operation."),
+    (Code.NOT_SUPPORTED, "The device's download mode cannot do this operation",
+     "Use a download mode that offers it (`zflash info` shows the mode and what it can do)."),
     (Code.COMPATIBILITY, "Baseband mismatch",
      "Firmware is for wrong hardware revision."),
     (Code.UNVERIFIABLE, "A check cannot be verified because the device does not report the fact",

@@ -1,35 +1,38 @@
-"""One flash job: connect -> identify -> preflight -> plan -> transfer -> verify -> switch -> reboot.
+"""The one flash pipeline: connect -> identify -> checks -> plan -> write -> verify ->
+switch -> reboot -> summary, for every download mode.
 
-The job renders nothing: it reports progress as events (plain dicts with an ``event`` key)
-to a callback, and the CLI turns them into bars, lines or JSON. Every failure is a coded
-``ZflashError``; a refusal before anything was written lists every failed check.
+The pipeline talks to a :class:`~zflash.targets.base.Target` only and asks its declared
+:class:`~zflash.targets.base.Capabilities` instead of knowing protocols: a back-end without
+block hashes gets no delta, one that cannot report a fact gets that check unverifiable, one
+that verifies nothing on the device gets ``verified`` events that say the host checked.
+It renders nothing: progress goes out as events (plain dicts with an ``event`` key), the same
+whatever the back-end, and every failure is a coded ``ZflashError``; a refusal before
+anything was written lists every failed check.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-import zlib
-from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from zflash.checks import Failure, check_all
 from zflash.errors import Code, ZflashError
 from zflash.facts import DeviceFacts
-from zflash.package.format import KIND_ZERO, KIND_ZLIB, PartitionEntry, block_length
+from zflash.package.format import PartitionEntry
 from zflash.package.keys import TrustStore
 from zflash.package.reader import Package
-from zflash.protocol.zdl import (CODEC_NONE, CODEC_ZLIB, BeginUpdate, BlockHashes,
-                                 CommitPartition, Erase, Hashes, KeepBlocks, Kept, Ok, Reboot,
-                                 SetActive, UpdateReady)
-from zflash.transport.base import open_transport
-from zflash.targets.zdl.session import SessionOptions, ZdlSession
+from zflash.targets.base import Emit, Identity, LinkOptions, Target, bytes_of, zero_blocks
+from zflash.targets.registry import open_target
 
-Emit = Callable[[dict[str, object]], None]
-HASH_BATCH = 65536  # blocks per BLOCK_HASHES request (the protocol's maximum)
+HASH_BATCH = 65536  # blocks per block-hash request (ZDL's maximum)
+CHECKS = ("signature", "blocks", "compatibility", "rollback", "storage")
+#: which of CHECKS a failure's check name belongs to
+_CATEGORY = {"product": "compatibility", "hardware_revision": "compatibility",
+             "baseband": "compatibility", "partition": "storage", "layout": "storage",
+             "slots": "storage"}
+USERDATA = "userdata"
 
 
 class PreflightRefused(ZflashError):
@@ -47,13 +50,13 @@ class FlashOptions:
     wipe_userdata: bool = False
     delta: bool = True
     force_boot_failure: bool = False  # test devices only: the new slot fails to boot
-    accept_unverifiable: bool = False  # fastboot: flash although a check cannot be made
-    session: SessionOptions = field(default_factory=SessionOptions)
-    timeout: float = 5.0
+    accept_unverifiable: bool = False  # flash although a check cannot be made
+    link: LinkOptions = field(default_factory=LinkOptions)
 
 
 @dataclass
 class FlashSummary:
+    protocol: str = ""
     image_bytes: int = 0
     sent_bytes: int = 0
     skipped_bytes: int = 0
@@ -64,8 +67,11 @@ class FlashSummary:
     retransmissions: int = 0
     seconds: float = 0.0
     slot: str | None = None
+    rebooted: bool = False
     booted_slot: str | None = None
     fell_back: bool = False
+    #: the checks that could not be made and were accepted (--accept-unverifiable)
+    unverified: list[str] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -76,97 +82,49 @@ class FlashSummary:
         return {**self.__dict__, "rate": round(self.rate, 1), "seconds": round(self.seconds, 3)}
 
 
-@contextmanager
-def open_session(url: str, options: SessionOptions | None = None, emit: Emit | None = None,
-                 timeout: float = 5.0) -> Iterator[ZdlSession]:
-    """Open the transport named by ``url`` and complete the ZDL handshake."""
-    transport = open_transport(url, timeout=timeout)
-    try:
-        session = ZdlSession(transport, options, emit)
-        info = session.connect()
-        (emit or (lambda e: None))({"event": "connected", "url": url,
-                                    "max_data": info.max_data, "window": info.window,
-                                    "codecs": list(info.codecs), "baud": info.baud})
-        yield session
-    finally:
-        transport.close()
+def read_device_facts(url: str, options: LinkOptions | None = None) -> DeviceFacts:
+    """The device's facts, whatever its download mode (for catalog selection)."""
+    with open_target(url, options) as target:
+        return target.identify().facts
 
 
-def read_device_facts(url: str, timeout: float = 5.0) -> DeviceFacts:
-    """The device's facts over ZDL, or from getvar answers on a fastboot device."""
-    from zflash.targets.fastboot.flasher import read_device_facts as read_fastboot_facts
-    from zflash.targets.fastboot.flasher import speaks_fastboot
-    if speaks_fastboot(url):
-        return read_fastboot_facts(url, timeout)
-    with open_session(url, timeout=timeout) as session:
-        return session.identify()
+def preflight(package: Package, target: Target, identity: Identity, trust: TrustStore,
+              accept_unverifiable: bool, emit: Emit) -> list[str]:
+    """Every check, for every back-end, before a byte is written; raise with every refusal.
 
-
-def preflight(package: Package, facts: DeviceFacts, trust: TrustStore, emit: Emit) -> None:
-    """Every host check against the device's facts, and every block against its hash;
-    raise with all failures at once, before a byte goes to the device."""
-    failures = check_all(package.head, facts, trust)
+    Mismatches come first (their code is the exit status); unverifiable checks refuse
+    unless accepted, and accepted ones are reported (``check_unverified``) and returned.
+    """
+    failures = check_all(package.head, identity.facts, trust, identity.unreported,
+                         target.capabilities.staging_cache)
+    failures += target.constraints(package.manifest, identity)
     if not any(f.check == "signature" for f in failures):
         try:
             package.verify(trust)
         except ZflashError as exc:
             failures.insert(0, Failure(exc.code, "blocks", exc.detail))
-    for failure in failures:
+    hard = [f for f in failures if f.code != Code.UNVERIFIABLE]
+    open_ = [f for f in failures if f.code == Code.UNVERIFIABLE]
+    refused = hard + ([] if accept_unverifiable else open_)
+    for failure in refused:
         emit({"event": "check_failed", **failure.to_dict()})
-    if failures:
-        raise PreflightRefused(failures)
-    for check in ("signature", "blocks", "compatibility", "rollback", "storage"):
-        emit({"event": "check_passed", "check": check})
+    if refused:
+        raise PreflightRefused(refused)
+    for failure in open_:
+        emit({"event": "check_unverified", "accepted": True, **failure.to_dict()})
+    touched = {_CATEGORY.get(f.check, f.check) for f in failures}
+    for check in CHECKS:
+        if check not in touched:
+            emit({"event": "check_passed", "check": check})
+    return [f.message for f in open_]
 
 
 def flash(url: str, package_path: Path, trust: TrustStore, options: FlashOptions,
           emit: Emit) -> FlashSummary:
     """Flash one package into one device; safe to run again after any interruption."""
-    from zflash.targets.fastboot.flasher import flash_fastboot, speaks_fastboot
-    if speaks_fastboot(url):  # fastboot+tcp://, or a USB device with fastboot's interface
-        return flash_fastboot(url, package_path, trust, options, emit)
     started = time.monotonic()
-    summary = FlashSummary()
-    with Package(package_path) as package, \
-            open_session(url, options.session, emit, options.timeout) as session:
-        facts = session.identify()
-        emit({"event": "device", "facts": facts.to_dict()})
-        manifest = package.manifest
-        # The device hashes its inactive slot (for delta) while the host checks the package.
-        on_flash = _DeltaProbe(session, package, facts) if options.delta else None
-        if on_flash:
-            on_flash.start()
-        if options.skip_host_checks:
-            emit({"event": "checks_skipped"})
-        else:
-            preflight(package, facts, trust, emit)
-        on_device = on_flash.finish() if on_flash else {}
-        summary.image_bytes = manifest.image_size
-        ready = session.request(BeginUpdate(package.head.head_bytes()), UpdateReady)
-        assert isinstance(ready, UpdateReady)
-        summary.slot = ready.slot
-        emit({"event": "update_ready", "slot": ready.slot, "session": ready.session})
-        emit({"event": "plan", "image_bytes": manifest.image_size,
-              "partitions": [p.name for p in manifest.partitions]})
-        for index, part in enumerate(manifest.partitions):
-            have = _expand(ready.have.get(index, ()))
-            candidates = on_device.get(index, set()) - have if ready.slot == facts.inactive_slot \
-                else set()
-            _flash_partition(session, package, index, part, have, candidates, ready.slot,
-                             summary, emit)
-        if options.wipe_userdata:
-            session.request(Erase("userdata", None), Ok)
-            emit({"event": "userdata_wiped"})
-        if any(p.slotted for p in manifest.partitions) and ready.slot:
-            session.request(SetActive(ready.slot), Ok)
-            emit({"event": "slot_switched", "slot": ready.slot})
-        stats = session.stats
-        summary.wire_bytes = stats["bytes_sent"]
-        summary.retransmissions = stats["retransmissions"]
-        if options.reboot:
-            boot = reboot(session, options.force_boot_failure, emit)
-            summary.booted_slot = boot.get("booted_slot")  # type: ignore[assignment]
-            summary.fell_back = bool(boot.get("fell_back"))
+    with Package(package_path) as package, open_target(url, options.link, emit) as target:
+        summary = _run(target, package, trust, options, emit)
     summary.seconds = time.monotonic() - started
     emit({"event": "done", **summary.to_dict()})
     if summary.fell_back:
@@ -175,84 +133,119 @@ def flash(url: str, package_path: Path, trust: TrustStore, options: FlashOptions
     return summary
 
 
-def reboot(session: ZdlSession, force_boot_failure: bool, emit: Emit) -> dict[str, object]:
-    options = {"force_boot_failure": True} if force_boot_failure else {}
-    answer = session.request(Reboot(options), Ok)
-    boot = dict(answer.info.get("boot") or {})  # type: ignore[attr-defined]
-    emit({"event": "rebooted", **boot})
-    return boot
+def _run(target: Target, package: Package, trust: TrustStore, options: FlashOptions,
+         emit: Emit) -> FlashSummary:
+    caps = target.capabilities
+    manifest = package.manifest
+    summary = FlashSummary(protocol=target.protocol, image_bytes=manifest.image_size)
+    if options.skip_host_checks and not caps.enforces_checks:
+        raise ZflashError(Code.USAGE, f"--skip-host-checks cannot be used with a "
+                                      f"{target.protocol} device: it checks nothing itself, "
+                                      "so zflash's checks are the only ones")
+    _refuse_unasked_userdata(package, options)
+    if options.wipe_userdata and not caps.erase:
+        raise target.unsupported("erasing userdata")
+    identity = target.identify(manifest)
+    emit({"event": "device", "protocol": target.protocol, "facts": identity.facts.to_dict(),
+          "unreported": dict(identity.unreported), **identity.extra})
+    # The device hashes what it holds (for delta) while the host checks the package.
+    probe = _DeltaProbe(target, package, identity.facts) \
+        if options.delta and caps.block_hashes else None
+    if probe:
+        probe.start()
+    if options.skip_host_checks:
+        emit({"event": "checks_skipped"})
+    else:
+        summary.unverified = preflight(package, target, identity, trust,
+                                       options.accept_unverifiable, emit)
+    on_device = probe.finish() if probe else {}
+    start = target.begin(package, identity)
+    slotted = any(p.slotted for p in manifest.partitions)
+    if slotted and start.slot is not None and start.slot == identity.facts.current_slot:
+        raise ZflashError(Code.PROTOCOL, f"the device offered its running slot "
+                                         f"{start.slot} as the target; refusing to write it")
+    summary.slot = start.slot
+    emit({"event": "update_ready", "slot": start.slot, "session": start.session})
+    emit({"event": "plan", "image_bytes": manifest.image_size,
+          "partitions": [p.name for p in manifest.partitions]})
+    for index, part in enumerate(manifest.partitions):
+        have = {b for first, count in start.resumed.get(index, ())
+                for b in range(first, first + count)}
+        candidates = on_device.get(index, set()) - have \
+            if start.slot == identity.facts.inactive_slot else set()
+        _write_partition(target, package, index, part, have, candidates, start.slot,
+                         summary, emit)
+    if options.wipe_userdata:
+        target.erase(USERDATA, None)
+        emit({"event": "userdata_wiped"})
+    if slotted and start.slot:
+        target.set_active(start.slot)  # only now: every partition verified
+        emit({"event": "slot_switched", "slot": start.slot})
+    stats = target.stats()
+    summary.wire_bytes = stats["bytes_sent"]
+    summary.retransmissions = stats["retransmissions"]
+    if options.reboot:
+        boot = target.reboot(options.force_boot_failure)
+        summary.rebooted = boot.rebooted
+        summary.booted_slot = boot.booted_slot
+        summary.fell_back = boot.fell_back
+        emit({"event": "rebooted", "protocol": target.protocol, "slot": start.slot,
+              "reported": boot.reported, **boot.details,
+              "booted_slot": boot.booted_slot, "fell_back": boot.fell_back})
+    return summary
 
 
-def _expand(ranges: tuple[tuple[int, int], ...]) -> set[int]:
-    return {block for first, count in ranges for block in range(first, first + count)}
+def _refuse_unasked_userdata(package: Package, options: FlashOptions) -> None:
+    """DESIGN.md: user data is never touched unless the user asks for it by name."""
+    if any(p.name == USERDATA for p in package.manifest.partitions) and \
+            not options.wipe_userdata:
+        raise ZflashError(Code.USAGE, "the package writes userdata, which would replace the "
+                                      "user's data; pass --wipe-userdata to allow it")
 
 
-def _flash_partition(session: ZdlSession, package: Package, index: int, part: PartitionEntry,
+def _write_partition(target: Target, package: Package, index: int, part: PartitionEntry,
                      have: set[int], candidates: set[int], slot: str | None,
                      summary: FlashSummary, emit: Emit) -> None:
-    table = package.head.tables[part.name]
-    zero = {i for i, e in enumerate(table) if e.kind == KIND_ZERO}
+    zero = zero_blocks(package, part)
     summary.resumed_blocks += len(have - zero)
     summary.zero_blocks += len(zero)
     if candidates:
-        kept = session.request(KeepBlocks(index, _ranges(sorted(candidates))), Kept)
-        kept_blocks = _expand(kept.ranges)  # type: ignore[attr-defined]
-        summary.kept_blocks += len(kept_blocks - have)
-        have |= kept_blocks
-    skipped = sum(block_length(part, i) for i in have)
+        kept = target.keep(index, part, sorted(candidates))
+        summary.kept_blocks += len(kept - have)
+        have |= kept
+    skipped = bytes_of(part, have)
     summary.skipped_bytes += skipped
     emit({"event": "partition_started", "partition": part.name, "size": part.size,
-          "skipped_bytes": skipped, "slot": slot if part.slotted else None})
-    codec_zlib = "zlib" in (session.session.codecs if session.session else ())
+          "skipped_bytes": skipped, "slot": slot if part.slotted else None,
+          "target": f"{part.name}_{slot}" if part.slotted and slot else part.name})
 
-    raw_lengths: deque[int] = deque()  # image bytes of each block in flight, in send order
-    acked_blocks = session.engine.blocks_acked
-
-    def blocks() -> Iterator[tuple[int, int, int, bytes]]:
-        for block, entry, stored in package.iter_stored(part):
-            if block in have:
-                continue
-            raw_lengths.append(block_length(part, block))
-            if entry.kind == KIND_ZLIB:
-                if codec_zlib:
-                    yield index, block, CODEC_ZLIB, stored
-                    summary.sent_bytes += len(stored)
-                    continue
-                stored = zlib.decompress(stored)
-            yield index, block, CODEC_NONE, stored
-            summary.sent_bytes += len(stored)
-
-    def on_acked(wire_bytes: int) -> None:
-        """Progress in image bytes (what the bars count), from the blocks now acknowledged."""
-        nonlocal acked_blocks
-        now = session.engine.blocks_acked
-        done = sum(raw_lengths.popleft() for _ in range(now - acked_blocks))
-        acked_blocks = now
-        emit({"event": "bytes_sent", "partition": part.name, "bytes": done,
+    def progress(image_bytes: int, wire_bytes: int) -> None:
+        emit({"event": "bytes_sent", "partition": part.name, "bytes": image_bytes,
               "wire_bytes": wire_bytes})
 
     started = time.monotonic()
-    before = summary.sent_bytes
-    session.write_blocks(blocks(), on_acked)
-    emit({"event": "transferred", "partition": part.name,
-          "bytes": summary.sent_bytes - before,
-          "seconds": round(time.monotonic() - started, 4)})
-    answer = session.request(CommitPartition(index), Ok)
-    emit({"event": "verified", "partition": part.name,
-          "sha256": answer.info.get("sha256")})  # type: ignore[attr-defined]
+    written = target.write_partition(package, index, part, slot, have, progress)
+    summary.sent_bytes += written.sent
+    emit({"event": "transferred", "partition": part.name, "bytes": written.sent,
+          "pieces": written.pieces, "seconds": round(time.monotonic() - started, 4)})
+    check = target.verify_partition(index, part, slot)
+    emit({"event": "verified", "partition": part.name, "by": check.by,
+          "readback": check.by == "device",
+          "sha256": check.sha256 if check.by == "device" else None,
+          "expected_sha256": part.sha256})
 
 
 class _DeltaProbe:
     """Hashes of the blocks already on the device (its inactive slot, or the live copy of an
     unslotted partition), asked for early.
 
-    The first BLOCK_HASHES request goes out before the host's own checks and is collected
-    after them, so the device hashes its flash while the host hashes the package. Only
-    BLOCK_HASHES (read-only) is sent before the checks pass; nothing is written.
+    The first request goes out before the host's own checks and is collected after them, so
+    the device hashes its flash while the host hashes the package. Only read-only requests
+    are sent before the checks pass; nothing is written.
     """
 
-    def __init__(self, session: ZdlSession, package: Package, facts: DeviceFacts) -> None:
-        self.session, self.package, self.slot = session, package, facts.inactive_slot
+    def __init__(self, target: Target, package: Package, facts: DeviceFacts) -> None:
+        self.target, self.package, self.slot = target, package, facts.inactive_slot
         self.requests: list[tuple[int, PartitionEntry, int, int]] = []
         for index, part in enumerate(package.manifest.partitions):
             on_device = facts.partition(part.name)
@@ -267,7 +260,7 @@ class _DeltaProbe:
     def _ask(self) -> None:
         index, part, first, count = self.requests[0]
         slot = self.slot if part.slotted else None  # unslotted: the live partition
-        self.session.start_request(BlockHashes(part.name, slot, first, count, part.block_size))
+        self.target.start_block_hashes(part, slot, first, count)
 
     def start(self) -> None:
         if self.requests:
@@ -279,7 +272,7 @@ class _DeltaProbe:
         while self.requests:
             index, part, first, _ = self.requests.pop(0)
             try:
-                answer = self.session.finish_request(Hashes)
+                digests = self.target.finish_block_hashes()
             except ZflashError as exc:
                 if exc.code in (Code.LINK_LOST, Code.TIMEOUT):
                     raise
@@ -287,37 +280,29 @@ class _DeltaProbe:
                 break
             table = self.package.head.tables[part.name]
             found = self.found.setdefault(index, set())
-            for offset, digest in enumerate(answer.digests):  # type: ignore[attr-defined]
+            for offset, digest in enumerate(digests[:part.block_count - first]):
                 block = first + offset
                 if digest == table[block].sha256 and table[block].stored_size:
                     found.add(block)
             last = part.block_count - 1
-            if first <= last < first + len(answer.digests) and part.size % part.block_size \
+            if first <= last < first + len(digests) and part.size % part.block_size \
                     and table[last].stored_size:
                 # A short last block is hashed on the device over a whole block of flash,
-                # so it never matches here: offer it anyway; KEEP_BLOCKS checks it exactly.
+                # so it never matches here: offer it anyway; the device checks it exactly.
                 found.add(last)
             if self.requests:
                 self._ask()
         return self.found
 
 
-def _ranges(blocks: list[int]) -> tuple[tuple[int, int], ...]:
-    ranges: list[list[int]] = []
-    for block in sorted(blocks):
-        if ranges and sum(ranges[-1]) == block:
-            ranges[-1][1] += 1
-        else:
-            ranges.append([block, 1])
-    return tuple((f, c) for f, c in ranges)
-
-
 def backup(url: str, partition: str, slot: str | None, out: Path, emit: Emit,
-           options: SessionOptions | None = None) -> tuple[int, str]:
+           options: LinkOptions | None = None) -> tuple[int, str]:
     """Read a partition back to ``out``; returns (bytes, SHA-256)."""
     digest = hashlib.sha256()
-    with open_session(url, options, emit) as session:
-        facts = session.identify()
+    with open_target(url, options, emit) as target:
+        if not target.capabilities.read:
+            raise target.unsupported("reading partitions back (backup)")
+        facts = target.identify().facts
         info = facts.partition(partition)
         if info is None:
             raise ZflashError(Code.NO_SUCH_PARTITION, f"device has no partition {partition!r}")
@@ -328,11 +313,13 @@ def backup(url: str, partition: str, slot: str | None, out: Path, emit: Emit,
             handle = open(tmp, "wb")
         except OSError as exc:
             raise ZflashError(Code.FILE_UNWRITABLE, f"{out}: {exc.strerror}") from None
+        emit({"event": "backup_started", "partition": partition, "slot": slot,
+              "size": info.size})
         with handle:
             def sink(data: bytes) -> None:
                 handle.write(data)
                 digest.update(data)
                 emit({"event": "bytes_received", "bytes": len(data)})
-            session.read(partition, slot if info.slotted else None, 0, info.size, sink)
+            target.read(partition, slot if info.slotted else None, 0, info.size, sink)
         tmp.replace(out)
     return info.size, digest.hexdigest()

@@ -1,4 +1,7 @@
-"""Device commands over ZDL: emulate, info, flash, slot, reboot, backup."""
+"""Device commands for every download mode: emulate, info, flash, slot, reboot, backup.
+
+Each goes through the target interface (``zflash.targets``), so it works on every back-end
+that has the capability and says so with a coded error (9035) when one does not."""
 
 from __future__ import annotations
 
@@ -15,13 +18,13 @@ from zflash.cli.fetch_cmds import fetch_config, tls_options
 from zflash.cli.render import DownloadRenderer, EventRenderer
 from zflash.errors import Code, ZflashError
 from zflash.facts import DeviceFacts
-from zflash.flash import (FlashOptions, backup as backup_partition, flash as flash_package,
-                            open_session, reboot as reboot_device)
-from zflash.protocol.zdl import Ok, SetActive
-from zflash.targets.zdl.session import SessionOptions
+from zflash.flash import FlashOptions, backup as backup_partition, flash as flash_package
+from zflash.targets.base import Identity, LinkOptions
+from zflash.targets.registry import open_target
 
 DEVICE_HELP = ("Device URL: serial:///dev/ttyUSB0?baud=115200, /dev/ttyACM0, COM3, "
-               "tcp://HOST:PORT, usb://1209:0001?serial=X (env ZFLASH_DEVICE)")
+               "tcp://HOST:PORT (ZDL), fastboot+tcp://HOST[:PORT], usb://1209:0001?serial=X "
+               "(env ZFLASH_DEVICE)")
 
 
 def device_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -37,11 +40,14 @@ def link_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--window", type=click.IntRange(1, 64), default=32, show_default=True,
                         help="Frames in flight.")(func)
     return click.option("--timeout", type=click.FloatRange(0.1, 600), default=5.0,
-                        show_default=True, help="Seconds to wait for the device.")(func)
+                        show_default=True,
+                        help="Seconds to wait for the device to appear and to answer the "
+                             "handshake (a flash in progress has its own bounds).")(func)
 
 
-def session_options(baud: int | None, max_data: int, window: int) -> SessionOptions:
-    return SessionOptions(max_data=max_data, window=window, baud=baud)
+def link_settings(baud: int | None, max_data: int, window: int,
+                  timeout: float) -> LinkOptions:
+    return LinkOptions(timeout=timeout, baud=baud, max_data=max_data, window=window)
 
 
 # ---------------------------------------------------------------------------------- emulate
@@ -134,27 +140,45 @@ def emulate(state_dir: Path, profile: Path | None, trust_files: tuple[Path, ...]
 
 
 # ---------------------------------------------------------------------------------- info
-def facts_lines(facts: DeviceFacts) -> list[str]:
-    lines = [f"product:            {facts.product}",
-             f"hardware revision:  {facts.hardware_revision}",
-             f"baseband:           {facts.baseband}",
-             f"serial:             {facts.serial}",
-             f"protocol version:   {facts.protocol_version}",
-             f"flash size:         {facts.flash_size}",
-             f"staging cache:      {facts.cache_free} of {facts.cache_size} bytes free",
-             f"running slot:       {facts.current_slot}",
-             "rollback indexes:   " + (", ".join(f"[{k}]={v}" for k, v in
-                                                 sorted(facts.rollback_indexes.items())) or "-"),
+def facts_lines(identity: Identity, protocol: str) -> list[str]:
+    """The device's facts as aligned lines; what it does not report says so."""
+    facts, unreported = identity.facts, identity.unreported
+
+    def value(key: str, text: object) -> str:
+        return f"not reported ({unreported[key]})" if key in unreported else str(text)
+
+    cache = (f"{facts.cache_free} of {facts.cache_size} bytes free" if protocol == "zdl"
+             else "none (writes in place)")
+    rollback = ", ".join(f"[{k}]={v}" for k, v in sorted(facts.rollback_indexes.items()))
+    missing = sorted(k.split(":", 1)[1] for k in unreported if k.startswith("rollback_index:"))
+    if missing:
+        rollback += ("; " if rollback else "") + f"not reported for {', '.join(missing)}"
+    lines = [f"download mode:      {protocol}",
+             f"product:            {value('product', facts.product)}",
+             f"hardware revision:  {value('hardware_revision', facts.hardware_revision)}",
+             f"baseband:           {value('baseband', facts.baseband)}",
+             f"serial:             {value('serial', facts.serial)}",
+             f"protocol version:   {facts.protocol_version or '-'}",
+             f"flash size:         {facts.flash_size or 'not reported'}",
+             f"staging cache:      {cache}",
+             f"running slot:       {facts.current_slot or '-'}",
+             f"rollback indexes:   {rollback or '-'}",
              "slots:"]
     for s in facts.slots:
         flags = [w for w, on in (("active", s.active), ("bootable", s.bootable),
                                  ("successful", s.successful)) if on]
         lines.append(f"  {s.name}: priority {s.priority}, tries left {s.tries_left}, "
                      f"{', '.join(flags) or 'unbootable'}")
-    lines.append("partitions:")
+    lines.append("partitions:" + (f" not reported ({unreported['partitions']})"
+                                  if "partitions" in unreported else ""))
     for p in facts.partitions:
         lines.append(f"  {p.name:<12} {p.size:>12} bytes  {'A/B' if p.slotted else ''}")
     return lines
+
+
+def identity_json(identity: Identity, protocol: str, capabilities: Any) -> dict[str, Any]:
+    return {**identity.facts.to_dict(), "protocol": protocol,
+            "unreported": dict(identity.unreported), "capabilities": capabilities.to_dict()}
 
 
 @main.command()
@@ -164,12 +188,12 @@ def facts_lines(facts: DeviceFacts) -> list[str]:
 def info(url: str, baud: int | None, max_data: int, window: int, timeout: float,
          as_json: bool) -> None:
     """Show everything the device reports about itself."""
-    with open_session(url, session_options(baud, max_data, window), timeout=timeout) as session:
-        facts = session.identify()
+    with open_target(url, link_settings(baud, max_data, window, timeout)) as target:
+        identity = target.identify()
     if as_json:
-        emit_json(facts.to_dict())
+        emit_json(identity_json(identity, target.protocol, target.capabilities))
     else:
-        for line in facts_lines(facts):
+        for line in facts_lines(identity, target.protocol):
             click.echo(line)
 
 
@@ -184,14 +208,17 @@ def info(url: str, baud: int | None, max_data: int, window: int, timeout: float,
 @tls_options
 @click.option("--no-reboot", is_flag=True, help="Leave the device in download mode.")
 @click.option("--skip-host-checks", is_flag=True,
-              help="Send without host checks (the device still enforces every rule).")
-@click.option("--wipe-userdata", is_flag=True, help="Erase the userdata partition too.")
+              help="Send without host checks (only for download modes whose device enforces "
+                   "every rule itself, such as ZDL).")
+@click.option("--wipe-userdata", is_flag=True,
+              help="Erase the userdata partition too (also needed for a package that writes "
+                   "userdata).")
 @click.option("--no-delta", is_flag=True, help="Send every block, even those already there.")
 @click.option("--force-boot-failure", is_flag=True, hidden=True,
               help="Test devices: make the new slot fail its first boot.")
 @click.option("--accept-unverifiable", is_flag=True,
-              help="Fastboot devices: flash although a check cannot be made because the "
-                   "device does not report the fact (each such check is listed, 9045).")
+              help="Flash although a check cannot be made because the device does not "
+                   "report the fact (each such check is listed, 9045).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line on stdout.")
 def flash(package: Path | None, url: str, trust_files: tuple[Path, ...],
           trust_dir: Path | None, baud: int | None, max_data: int, window: int, timeout: float,
@@ -205,15 +232,15 @@ def flash(package: Path | None, url: str, trust_files: tuple[Path, ...],
     trust = load_trust(trust_files, trust_dir)
     if (package is None) == (catalog_url is None):
         raise ZflashError(Code.USAGE, "give a PACKAGE file or --latest CATALOG_URL (not both)")
+    link = link_settings(baud, max_data, window, timeout)
     if catalog_url:
-        package = fetch_latest_for(url, catalog_url, trust, as_json, pins, pin_file, pin_only,
-                                   ca_file, cache_dir, state_file)
+        package = fetch_latest_for(url, link, catalog_url, trust, as_json, pins, pin_file,
+                                   pin_only, ca_file, cache_dir, state_file)
     assert package is not None
     options = FlashOptions(skip_host_checks=skip_host_checks, reboot=not no_reboot,
                            wipe_userdata=wipe_userdata, delta=not no_delta,
                            force_boot_failure=force_boot_failure,
-                           accept_unverifiable=accept_unverifiable,
-                           session=session_options(baud, max_data, window), timeout=timeout)
+                           accept_unverifiable=accept_unverifiable, link=link)
     renderer = EventRenderer(as_json)
     try:
         summary = flash_package(url, package, trust, options, renderer)
@@ -227,20 +254,20 @@ def flash(package: Path | None, url: str, trust_files: tuple[Path, ...],
                       if summary.retransmissions else ""))
         if summary.booted_slot:
             click.echo(f"device now runs slot {summary.booted_slot}")
-        elif getattr(summary, "rebooted", False):  # fastboot: the boot is not reported
+        elif summary.rebooted:  # the download mode does not report the boot
             click.echo(f"slot {summary.slot} is active; the device rebooted to run it")
         elif summary.slot:
             click.echo(f"slot {summary.slot} is active; reboot the device to run it")
 
 
-def fetch_latest_for(url: str, catalog_url: str, trust: Any, as_json: bool,
+def fetch_latest_for(url: str, link: LinkOptions, catalog_url: str, trust: Any, as_json: bool,
                      pins: tuple[str, ...], pin_file: Path | None, pin_only: bool,
                      ca_file: Path | None, cache_dir: Path | None,
                      state_file: Path | None) -> Path:
     """The newest compatible package for the device at ``url``, downloaded and verified."""
     from zflash.fetch.remote import fetch_latest
     from zflash.flash import read_device_facts
-    facts = read_device_facts(url)
+    facts = read_device_facts(url, link)
     render = DownloadRenderer(as_json)
     try:
         config = fetch_config(pins, pin_file, pin_only, ca_file, cache_dir, state_file, 30.0,
@@ -255,35 +282,56 @@ def fetch_latest_for(url: str, catalog_url: str, trust: Any, as_json: bool,
 
 
 # ---------------------------------------------------------------------------------- slot
+def _slot_link(ctx: click.Context, url: str | None, link: LinkOptions) -> tuple[str, LinkOptions]:
+    """The device and link for a slot command: its own -d/--timeout, else the group's."""
+    parent = ctx.obj or {}
+    url = url or parent.get("url")
+    if not url:
+        raise ZflashError(Code.USAGE, "name the device with -d URL (or ZFLASH_DEVICE)")
+    return url, link if link != LinkOptions() else parent.get("link", link)
+
+
 @main.group(invoke_without_command=True)
-@device_option
+@click.option("-d", "--device", "url", envvar="ZFLASH_DEVICE", help=DEVICE_HELP)
 @link_options
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def slot(ctx: click.Context, url: str, baud: int | None, max_data: int, window: int,
+def slot(ctx: click.Context, url: str | None, baud: int | None, max_data: int, window: int,
          timeout: float, as_json: bool) -> None:
     """Show the A/B slots, or `slot set-active SLOT`."""
-    ctx.obj = (url, session_options(baud, max_data, window), timeout, as_json)
+    ctx.obj = {"url": url, "link": link_settings(baud, max_data, window, timeout),
+               "as_json": as_json}
     if ctx.invoked_subcommand is None:
-        with open_session(url, ctx.obj[1], timeout=timeout) as session:
-            facts = session.identify()
+        url, link = _slot_link(ctx, None, ctx.obj["link"])
+        with open_target(url, link) as target:
+            identity = target.identify()
+        facts = identity.facts
         if as_json:
-            emit_json({"current_slot": facts.current_slot,
+            emit_json({"protocol": target.protocol, "current_slot": facts.current_slot,
                        "slots": [s.__dict__ for s in facts.slots]})
         else:
-            for line in facts_lines(facts):
+            for line in facts_lines(identity, target.protocol):
                 if line.startswith(("running slot", "slots:", "  a:", "  b:")):
                     click.echo(line)
 
 
 @slot.command("set-active")
 @click.argument("name")
+@click.option("-d", "--device", "url", envvar="ZFLASH_DEVICE", help=DEVICE_HELP)
+@link_options
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def slot_set_active(ctx: click.Context, name: str) -> None:
+def slot_set_active(ctx: click.Context, name: str, url: str | None, baud: int | None,
+                    max_data: int, window: int, timeout: float, as_json: bool) -> None:
     """Make SLOT the one the bootloader tries next."""
-    url, options, timeout, as_json = ctx.obj
-    with open_session(url, options, timeout=timeout) as session:
-        session.request(SetActive(name), Ok)
+    url, link = _slot_link(ctx, url, link_settings(baud, max_data, window, timeout))
+    as_json = as_json or bool((ctx.obj or {}).get("as_json"))
+    with open_target(url, link) as target:
+        slots = [s.name for s in target.identify().facts.slots]
+        if name not in slots:
+            raise ZflashError(Code.SLOT, f"no slot {name!r}; the device has "
+                                         f"{', '.join(slots) or 'no slots'}")
+        target.set_active(name)
     if as_json:
         emit_json({"event": "slot_switched", "slot": name})
     else:
@@ -298,13 +346,19 @@ def slot_set_active(ctx: click.Context, name: str) -> None:
 def reboot_cmd(url: str, baud: int | None, max_data: int, window: int, timeout: float,
                as_json: bool) -> None:
     """Reboot the device (it boots its active slot, falling back if that fails)."""
-    renderer = EventRenderer(as_json)
-    with open_session(url, session_options(baud, max_data, window), timeout=timeout) as session:
-        boot = reboot_device(session, False, renderer)
-    if not as_json:
-        click.echo(f"booted slot {boot.get('booted_slot')}")
-    if boot.get("fell_back"):
-        raise ZflashError(Code.BOOT_FAILED, f"device fell back to slot {boot.get('booted_slot')}")
+    with open_target(url, link_settings(baud, max_data, window, timeout)) as target:
+        boot = target.reboot()
+    if as_json:
+        emit_json({"event": "rebooted", "protocol": target.protocol, "reported": boot.reported,
+                   **boot.details, "booted_slot": boot.booted_slot,
+                   "fell_back": boot.fell_back})
+    elif boot.reported:
+        click.echo(f"booted slot {boot.booted_slot}")
+    else:
+        click.echo(f"rebooted; this download mode ({target.protocol}) does not report which "
+                   "slot booted")
+    if boot.fell_back:
+        raise ZflashError(Code.BOOT_FAILED, f"device fell back to slot {boot.booted_slot}")
 
 
 # ---------------------------------------------------------------------------------- backup
@@ -319,8 +373,11 @@ def backup(partition: str, url: str, baud: int | None, max_data: int, window: in
            timeout: float, slot_name: str | None, output: Path, as_json: bool) -> None:
     """Read a partition back to a file and print its SHA-256."""
     renderer = EventRenderer(as_json)
-    size, digest = backup_partition(url, partition, slot_name, output, renderer,
-                                    session_options(baud, max_data, window))
+    try:
+        size, digest = backup_partition(url, partition, slot_name, output, renderer,
+                                        link_settings(baud, max_data, window, timeout))
+    finally:
+        renderer.close()
     if as_json:
         emit_json({"event": "backup", "partition": partition, "output": str(output),
                    "bytes": size, "sha256": digest})

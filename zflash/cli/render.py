@@ -108,7 +108,12 @@ class EventRenderer:
         if self._part is not None:
             self._part.close()
             self._part = None
-        self._note(f"{e['partition']}: written and verified (sha256 {str(e['sha256'])[:16]}...)")
+        if e.get("by") == "device":
+            self._note(f"{e['partition']}: written; the device read it back and verified it "
+                       f"(sha256 {str(e['sha256'])[:16]}...)")
+        else:
+            self._note(f"{e['partition']}: written; each block was checked against the signed "
+                       "table as it was sent (this download mode verifies nothing itself)")
 
     def _on_retry(self, e: dict[str, Any]) -> None:
         self._note(f"link: {e['frames']} frames sent again ({e['reason']})")
@@ -117,7 +122,7 @@ class EventRenderer:
         self._note(f"active slot switched to {e['slot']}")
 
     def _on_rebooted(self, e: dict[str, Any]) -> None:
-        if e.get("protocol") == "fastboot":  # a fastboot bootloader does not report the boot
+        if not e.get("reported", True):  # e.g. a fastboot bootloader does not report the boot
             self._note(f"reboot: the device left fastboot to boot slot {e.get('slot')}")
         elif e.get("fell_back"):
             self._note(f"reboot: the new slot failed to boot; device fell back to slot "

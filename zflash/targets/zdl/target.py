@@ -1,0 +1,145 @@
+"""The ZDL back-end: a :class:`~zflash.targets.base.Target` over one :class:`ZdlSession`.
+
+ZDL is zflash's own download mode, so it can do everything the interface names: the device
+reports every fact, hashes what it holds (delta), resumes, re-hashes each committed
+partition, enforces every package rule itself and reports which slot booted.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import deque
+from typing import Callable, Iterator
+
+from zflash.errors import Code, ZflashError
+from zflash.package.format import KIND_ZLIB, Manifest, PartitionEntry, block_length
+from zflash.package.reader import Package
+from zflash.protocol.zdl import (CODEC_NONE, CODEC_ZLIB, BeginUpdate, BlockHashes,
+                                 CommitPartition, Erase, Hashes, KeepBlocks, Kept, Ok, Reboot,
+                                 SetActive, UpdateReady)
+from zflash.targets.base import (BootReport, Capabilities, Emit, Identity, Progress, Target,
+                                 UpdateStart, Verification, Written)
+from zflash.targets.zdl.session import SessionOptions, ZdlSession
+from zflash.transport.base import Transport
+
+
+def expand(ranges: tuple[tuple[int, int], ...]) -> set[int]:
+    return {block for first, count in ranges for block in range(first, first + count)}
+
+
+def to_ranges(blocks: list[int]) -> tuple[tuple[int, int], ...]:
+    ranges: list[list[int]] = []
+    for block in sorted(blocks):
+        if ranges and sum(ranges[-1]) == block:
+            ranges[-1][1] += 1
+        else:
+            ranges.append([block, 1])
+    return tuple((f, c) for f, c in ranges)
+
+
+class ZdlTarget(Target):
+    protocol = "zdl"
+    capabilities = Capabilities(block_hashes=True, resume=True, verifies_on_device=True,
+                                enforces_checks=True, staging_cache=True, read=True,
+                                erase=True, set_active=True, reboot=True, reports_boot=True)
+
+    def __init__(self, url: str, transport: Transport, options: SessionOptions | None = None,
+                 emit: Emit | None = None) -> None:
+        super().__init__(url, emit)
+        self.transport = transport
+        self.session = ZdlSession(transport, options, self.emit)
+
+    def connect(self) -> None:
+        info = self.session.connect()
+        self.emit({"event": "connected", "url": self.url, "protocol": self.protocol,
+                   "max_data": info.max_data, "window": info.window,
+                   "codecs": list(info.codecs), "baud": info.baud})
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def identify(self, manifest: Manifest | None = None) -> Identity:
+        return Identity(self.session.identify())
+
+    # ------------------------------------------------------------ delta
+    def start_block_hashes(self, part: PartitionEntry, slot: str | None, first: int,
+                           count: int) -> None:
+        self.session.start_request(BlockHashes(part.name, slot, first, count, part.block_size))
+
+    def finish_block_hashes(self) -> list[bytes]:
+        answer = self.session.finish_request(Hashes)
+        return list(answer.digests)  # type: ignore[attr-defined]
+
+    def keep(self, index: int, part: PartitionEntry, blocks: list[int]) -> set[int]:
+        kept = self.session.request(KeepBlocks(index, to_ranges(blocks)), Kept)
+        return expand(kept.ranges)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------ update
+    def begin(self, package: Package, identity: Identity) -> UpdateStart:
+        ready = self.session.request(BeginUpdate(package.head.head_bytes()), UpdateReady)
+        assert isinstance(ready, UpdateReady)
+        return UpdateStart(ready.slot, ready.session, dict(ready.have))
+
+    def write_partition(self, package: Package, index: int, part: PartitionEntry,
+                        slot: str | None, skip: set[int], progress: Progress) -> Written:
+        """Stream the stored blocks with a window in flight; zlib blocks go as they are
+        stored when the device offers zlib, else expanded."""
+        session = self.session
+        codec_zlib = "zlib" in (session.session.codecs if session.session else ())
+        raw_lengths: deque[int] = deque()  # image bytes of each block in flight, in order
+        acked_blocks = session.engine.blocks_acked
+        sent = pieces = 0
+
+        def blocks() -> Iterator[tuple[int, int, int, bytes]]:
+            nonlocal sent, pieces
+            for block, entry, stored in package.iter_stored(part):
+                if block in skip:
+                    continue
+                raw_lengths.append(block_length(part, block))
+                if entry.kind == KIND_ZLIB and not codec_zlib:
+                    stored = zlib.decompress(stored)
+                    codec = CODEC_NONE
+                else:
+                    codec = CODEC_ZLIB if entry.kind == KIND_ZLIB else CODEC_NONE
+                sent += len(stored)
+                pieces += 1
+                yield index, block, codec, stored
+
+        def on_acked(wire_bytes: int) -> None:
+            nonlocal acked_blocks
+            now = session.engine.blocks_acked
+            done = sum(raw_lengths.popleft() for _ in range(now - acked_blocks))
+            acked_blocks = now
+            progress(done, wire_bytes)
+
+        session.write_blocks(blocks(), on_acked)
+        return Written(sent, pieces)
+
+    def verify_partition(self, index: int, part: PartitionEntry,
+                         slot: str | None) -> Verification:
+        answer = self.session.request(CommitPartition(index), Ok)
+        return Verification("device", answer.info.get("sha256"))  # type: ignore[attr-defined]
+
+    def set_active(self, slot: str) -> None:
+        self.session.request(SetActive(slot), Ok)
+
+    def reboot(self, force_boot_failure: bool = False) -> BootReport:
+        options = {"force_boot_failure": True} if force_boot_failure else {}
+        answer = self.session.request(Reboot(options), Ok)
+        boot = dict(answer.info.get("boot") or {})  # type: ignore[attr-defined]
+        booted = boot.get("booted_slot")
+        if booted is not None and not isinstance(booted, str):
+            raise ZflashError(Code.PROTOCOL, f"device reported booted slot {booted!r}")
+        return BootReport(True, booted, bool(boot.get("fell_back")), reported=True,
+                          details=boot)
+
+    def read(self, partition: str, slot: str | None, offset: int, length: int,
+             sink: Callable[[bytes], None]) -> None:
+        self.session.read(partition, slot, offset, length, sink)
+
+    def erase(self, partition: str, slot: str | None) -> None:
+        self.session.request(Erase(partition, slot), Ok)
+
+    def stats(self) -> dict[str, int]:
+        stats = self.session.stats
+        return {"bytes_sent": stats["bytes_sent"], "retransmissions": stats["retransmissions"]}
