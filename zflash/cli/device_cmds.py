@@ -17,7 +17,6 @@ from zflash.cli.common import emit_json, load_trust, trust_options
 from zflash.cli.fetch_cmds import fetch_config, tls_options
 from zflash.cli.render import DownloadRenderer, EventRenderer
 from zflash.errors import Code, ZflashError
-from zflash.facts import DeviceFacts
 from zflash.flash import FlashOptions, backup as backup_partition, flash as flash_package
 from zflash.targets.base import Identity, LinkOptions
 from zflash.targets.registry import open_target
@@ -167,7 +166,8 @@ def facts_lines(identity: Identity, protocol: str) -> list[str]:
     for s in facts.slots:
         flags = [w for w, on in (("active", s.active), ("bootable", s.bootable),
                                  ("successful", s.successful)) if on]
-        lines.append(f"  {s.name}: priority {s.priority}, tries left {s.tries_left}, "
+        priority = "not reported" if "slot_priority" in unreported else s.priority
+        lines.append(f"  {s.name}: priority {priority}, tries left {s.tries_left}, "
                      f"{', '.join(flags) or 'unbootable'}")
     lines.append("partitions:" + (f" not reported ({unreported['partitions']})"
                                   if "partitions" in unreported else ""))

@@ -15,7 +15,7 @@ from zflash.targets.base import Capabilities, Emit, LinkOptions, Target
 from zflash.targets.fastboot.target import FastbootTarget, open_client
 from zflash.targets.zdl.session import SessionOptions
 from zflash.targets.zdl.target import ZdlTarget
-from zflash.transport.base import open_transport
+from zflash.transport.open import open_transport
 from zflash.transport.url import parse_device_url
 
 #: Every download mode zflash speaks, by the name the USB id table and events use.

@@ -8,8 +8,8 @@ from zflash.transport.base import (
     DEFAULT_OPEN_TIMEOUT,
     DEFAULT_WRITE_TIMEOUT,
     Transport,
-    open_transport,
 )
+from zflash.transport.open import open_transport
 from zflash.transport.url import DEFAULT_BAUD, DeviceUrl, parse_device_url
 
 __all__ = ["DEFAULT_BAUD", "DEFAULT_OPEN_TIMEOUT", "DEFAULT_WRITE_TIMEOUT", "DeviceUrl",

@@ -15,7 +15,6 @@ from types import TracebackType
 from typing import TypeVar
 
 from zflash.errors import Code, ZflashError
-from zflash.transport.url import DeviceUrl, parse_device_url
 
 #: Default bound on opening / connecting.
 DEFAULT_OPEN_TIMEOUT = 5.0
@@ -99,24 +98,3 @@ def wait_fd(fd: int, for_write: bool, timeout: float) -> bool:
     else:
         ready, _, errs = select.select([fd], [], [fd], timeout)
     return bool(ready or errs)
-
-
-def open_transport(url: str | DeviceUrl, timeout: float = DEFAULT_OPEN_TIMEOUT, *,
-                   write_timeout: float = DEFAULT_WRITE_TIMEOUT) -> Transport:
-    """Open the transport that ``url``'s scheme names.
-
-    ``timeout`` bounds opening/connecting; ``write_timeout`` bounds how long a write may make
-    no progress. ``fastboot+tcp://`` opens a plain TCP byte stream: fastboot's TCP framing
-    belongs to the fastboot layer above.
-    """
-    parsed = url if isinstance(url, DeviceUrl) else parse_device_url(url)
-    if parsed.scheme == "serial" or parsed.is_passthrough:
-        from zflash.transport.serial import SerialTransport
-        return SerialTransport.open(parsed, timeout=timeout, write_timeout=write_timeout)
-    if parsed.scheme in ("tcp", "fastboot+tcp"):
-        from zflash.transport.tcp import TcpTransport
-        return TcpTransport.open(parsed, timeout=timeout, write_timeout=write_timeout)
-    if parsed.scheme == "usb":
-        from zflash.transport.usb import UsbTransport
-        return UsbTransport.open(parsed, timeout=timeout, write_timeout=write_timeout)
-    raise ZflashError(Code.BAD_DEVICE_URL, f"no transport for {parsed.scheme}://")

@@ -138,6 +138,8 @@ class FastbootFacts:
                 unreported[f"rollback_index:{location}"] = f"getvar rollback-index:{location}"
             else:
                 rollback[location] = stored
+        if self.slots:
+            unreported["slot_priority"] = "fastboot (no variable carries it)"
         if self.inactive_slot is None:
             unreported["slots"] = (f"slot-count {self.get('slot-count')!r}, current-slot "
                                    f"{self.get('current-slot')!r}")

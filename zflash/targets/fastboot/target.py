@@ -8,7 +8,6 @@ cannot be skipped), cannot read a partition back, and does not say which slot bo
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from zflash.checks import Failure
