@@ -55,7 +55,8 @@ def test_build_and_parse_roundtrip(sector_size: int, sectors: int) -> None:
     last = sectors - 1
     assert image[last * sector_size:last * sector_size + 8] == b"EFI PART"
     assert image[510:512] == b"\x55\xaa" and image[450] == 0xEE
-    assert parsed.find("userdata").last_lba == table.last_usable == sectors - 2 - table.entry_sectors
+    assert parsed.find("userdata").last_lba == table.last_usable
+    assert table.last_usable == sectors - 2 - table.entry_sectors
 
 
 def test_damaged_primary_falls_back_to_backup() -> None:
