@@ -19,12 +19,16 @@ SIGNING_PUB = SAMPLES / "keys" / "zx-demo-TEST-ONLY-signing.pub.pem"
 UNTRUSTED_KEY = SAMPLES / "keys" / "zx-demo-TEST-ONLY-untrusted.pem"
 
 
+_DEBIAN_PACKAGES = {"sgdisk": "gdisk", "gdisk": "gdisk"}
+
+
 def require_tool(name: str) -> str:
     """Path of an interop peer; skip (saying why) when missing, fail in CI where it must exist."""
     path = shutil.which(name)
     if path:
         return path
-    message = f"{name} not installed (Debian: android-sdk-libsparse-utils / fastboot)"
+    package = _DEBIAN_PACKAGES.get(name, "android-sdk-libsparse-utils / fastboot")
+    message = f"{name} not installed (Debian: {package})"
     if os.environ.get("ZFLASH_REQUIRE_PEERS"):
         pytest.fail(f"{message}, but ZFLASH_REQUIRE_PEERS is set (CI installs it)")
     pytest.skip(message)

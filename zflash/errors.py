@@ -45,6 +45,8 @@ class Code(IntEnum):
     NOT_SUPPORTED = 9035
     COMPATIBILITY = 9040
     UNVERIFIABLE = 9045
+    PROGRAMMER_REJECTED = 9046
+    BAD_GPT = 9047
     TLS_PIN = 9050
     TLS = 9051
     CATALOG_ROLLBACK = 9052
@@ -128,6 +130,12 @@ _ROWS: tuple[tuple[Code, str, str], ...] = (
      "Firmware is for wrong hardware revision."),
     (Code.UNVERIFIABLE, "A check cannot be verified because the device does not report the fact",
      "Confirm the firmware matches this device, then pass --accept-unverifiable."),
+    (Code.PROGRAMMER_REJECTED, "The device's boot ROM refused the EDL programmer",
+     "Use the programmer signed for this device's MSM HW id and OEM key hash "
+     "(`zflash info` shows both)."),
+    (Code.BAD_GPT, "The partition table (GPT) is missing or corrupt",
+     "Flash the full build for this device, including its GPT (rawprogram with gpt_main and "
+     "gpt_backup), or restore a backup of the table."),
     (Code.TLS_PIN, "The update server's key does not match the pinned key",
      "Do not continue on this network; check the pin with the server's operator."),
     (Code.TLS, "Secure connection to the update server failed",
