@@ -266,7 +266,7 @@ def test_image_writer_without_real_files(tmp_path: Path) -> None:
     assert target.read_bytes() == data + bytes(65536 - 10_000)
     with pytest.raises(ZflashError) as info:
         image_write.write_image(target, 4096, io.BytesIO(data), len(data), False)
-    assert info.value.code == Code.STORAGE
+    assert info.value.code == Code.IMAGE_TOO_LARGE
     with pytest.raises(ZflashError) as info:
         image_write.write_image(target, 65536, io.BytesIO(data[:10]), len(data), False)
     assert info.value.code == Code.MALFORMED_IMAGE

@@ -10,7 +10,7 @@ import click
 
 from zflash.cli import main
 from zflash.cli.common import emit_json, load_trust, trust_options
-from zflash.errors import TABLE, Code, ZflashError
+from zflash.errors import CAUSES, TABLE, Code, ZflashError, markdown_table, resolve_code
 from zflash.package import keys as keymod
 from zflash.package.format import DEFAULT_BLOCK_SIZE, KIND_NAMES, Manifest
 from zflash.package.reader import Package
@@ -22,18 +22,31 @@ from zflash.package.writer import CODECS, PackageInfo, PartitionSource, build_pa
 @main.command("errors")
 @click.argument("code", required=False, type=int)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per entry.")
-def errors_cmd(code: int | None, as_json: bool) -> None:
-    """Print the error table, or the entry for CODE."""
-    if code is not None and code not in TABLE:
-        raise ZflashError(Code.USAGE, f"no error {code}; `zflash errors` lists them all")
-    rows = [TABLE[code]] if code is not None else list(TABLE.values())
+@click.option("--markdown", is_flag=True, help="The README's error table (generated here).")
+def errors_cmd(code: int | None, as_json: bool, markdown: bool) -> None:
+    """Print the error table, or the entry for CODE (the code, 9040, or the exit status, 40),
+    with the fix for each of its causes."""
+    if markdown:
+        click.echo(markdown_table(), nl=False)
+        return
+    found = resolve_code(code) if code is not None else None
+    if code is not None and found is None:
+        raise ZflashError(Code.USAGE, f"no error {code} (neither a code nor an exit status); "
+                                      "`zflash errors` lists them all")
+    rows = [TABLE[found]] if found is not None else list(TABLE.values())
     for info in rows:
+        causes = list(CAUSES.get(info.code, {}).values())
         if as_json:
             emit_json({"code": info.code, "exit_status": info.exit_status,
-                       "meaning": info.meaning, "fix": info.fix})
-        else:
-            click.echo(f"{info.code}  exit {info.exit_status:<3} {info.meaning}")
-            click.echo(f"      fix: {info.fix}")
+                       "meaning": info.meaning, "fix": info.fix,
+                       "causes": [{"cause": c.cause, "what": c.what, "fix": c.fix}
+                                  for c in causes]})
+            continue
+        click.echo(f"{info.code}  exit {info.exit_status:<3} {info.meaning}")
+        click.echo(f"      fix: {info.fix}")
+        for cause in causes:
+            click.echo(f"      cause {cause.cause}: {cause.what}")
+            click.echo(f"        fix: {cause.fix}")
 
 
 # ---------------------------------------------------------------------------------- keygen
