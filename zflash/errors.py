@@ -163,6 +163,8 @@ _ROWS: tuple[tuple[Code, str, str], ...] = (
 #: (code, cause, what, fix): a cause's own meaning line and fix. A cause is named by the
 #: check that found it (checks.Failure.check) or by the raiser (ZflashError(cause=...)).
 _CAUSE_ROWS: tuple[tuple[Code, str, str, str], ...] = (
+    (Code.USAGE, "recipe", "The pack recipe is not valid",
+     "Correct the field named above; the recipe format is in protocols/recipe.md."),
     (Code.SIGNATURE, "signature", "No signature by a trusted key verifies the manifest",
      "If the package is your vendor's, pass the vendor's public key with --trust KEY.pem; "
      "if that key is already trusted, redownload firmware: the file is corrupted or not "

@@ -73,7 +73,7 @@ def fail(error: ZflashError, as_json: bool = False) -> NoReturn:
         for failure in failures:
             _echo_error(failure.info, failure.message)
         count = f"{len(failures)} check{'s' if len(failures) > 1 else ''}"
-        click.echo(f"refused: {count} failed; nothing was written to the device", err=True)
+        click.echo(f"refused: {count} failed; nothing was written", err=True)
     else:
         _echo_error(info, error.detail)
     sys.exit(info.exit_status)
