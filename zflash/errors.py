@@ -165,7 +165,8 @@ _ROWS: tuple[tuple[Code, str, str], ...] = (
 _CAUSE_ROWS: tuple[tuple[Code, str, str, str], ...] = (
     (Code.USAGE, "recipe", "The pack recipe is not valid",
      "Correct the field named above; the recipe format is in protocols/recipe.md."),
-    (Code.SIGNATURE, "signature", "No signature by a trusted key verifies the manifest",
+    (Code.SIGNATURE, "signature",
+     "Not signed by a key this host trusts, or the signature is damaged",
      "If the package is your vendor's, pass the vendor's public key with --trust KEY.pem; "
      "if that key is already trusted, redownload firmware: the file is corrupted or not "
      "the vendor's."),
