@@ -13,7 +13,7 @@ NEWER = SAMPLES / "zx-demo-1.2.0-newer.zpk"
 BAD_SAMPLES = {
     "zx-demo-1.0.0-rollback.zpk": 9015,
     "zx-demo-1.1.0-other-baseband.zpk": 9040,
-    "zx-demo-1.1.0-too-large.zpk": 9023,
+    "zx-demo-1.1.0-too-large.zpk": 9041,  # not 9023: a full cache is another cause
     "zx-demo-1.1.0-corrupt-block.zpk": 9012,
     "zx-demo-1.1.0-untrusted-key.zpk": 9012,
 }

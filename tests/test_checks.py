@@ -46,7 +46,7 @@ FAULTS = {
     "rollback-other-location": ({"rollback_location": 3}, {"rollback_indexes": {0: 0, 3: 9}},
                                 [Code.ROLLBACK]),
     "too-large": ({"partitions": (part("boot", 300_000), part("system", 400_000),
-                                  part("logo", 50_000, False))}, {}, [Code.STORAGE]),
+                                  part("logo", 50_000, False))}, {}, [Code.IMAGE_TOO_LARGE]),
     "cache-full": ({}, {"cache_free": 10_000}, [Code.STORAGE]),
     "no-partition": ({"partitions": (part("radio", 1000),)}, {}, [Code.NO_SUCH_PARTITION]),
 }
@@ -91,8 +91,37 @@ def test_every_failure_names_its_check_and_carries_fix_text():
     for f in failures:
         d = f.to_dict()
         assert d["fix"] and d["meaning"] and d["message"]
-    baseband = next(f for f in failures if f.check == "baseband")
-    assert baseband.to_dict()["fix"] == "Firmware is for wrong hardware revision."
+    by_check = {f.check: f.to_dict() for f in failures}
+    assert by_check["hardware_revision"]["fix"] == "Firmware is for wrong hardware revision."
+
+
+def test_each_cause_has_its_own_fix_under_one_code():
+    """Product, hardware revision and baseband share 9040 and its meaning, not the fix; an
+    image too large for its partition is not a full cache (9041, not 9023)."""
+    manifest, facts = apply(["product", "baseband", "hardware", "too-large", "cache-full"])
+    by_check: dict[str, list[dict[str, object]]] = {}
+    for failure in check_device(manifest, facts):
+        by_check.setdefault(failure.check, []).append(failure.to_dict())
+    mismatch = [by_check[c][0] for c in ("product", "hardware_revision", "baseband")]
+    assert {d["code"] for d in mismatch} == {9040}
+    assert {d["meaning"] for d in mismatch} == {"Baseband mismatch"}
+    assert len({d["fix"] for d in mismatch}) == 3 and len({d["what"] for d in mismatch}) == 3
+    assert "product" in str(mismatch[0]["what"]) and "baseband" in str(mismatch[2]["what"])
+    storage = {d["code"]: d for d in by_check["storage"]}
+    assert set(storage) == {Code.IMAGE_TOO_LARGE, Code.STORAGE}
+    assert "partition layout" in str(storage[Code.IMAGE_TOO_LARGE]["fix"])
+    assert storage[Code.STORAGE]["fix"] == "Perform factory reset to clear logs."
+
+
+def test_untrusted_signer_is_not_a_corrupt_file():
+    from zflash.checks import Failure
+    from zflash.errors import lookup
+    untrusted = Failure(Code.SIGNATURE, "signature", "no signature by a trusted key",
+                        cause="untrusted_signer").to_dict()
+    corrupt = Failure(Code.SIGNATURE, "blocks", "block 3 hash differs").to_dict()
+    assert untrusted["meaning"] == corrupt["meaning"] == "Signature verification failed"
+    assert "--trust" in str(untrusted["fix"]) and "corrupted" not in str(untrusted["fix"])
+    assert corrupt["fix"] == lookup(Code.SIGNATURE).fix == "Redownload firmware; file corrupted."
 
 
 def test_slotted_package_on_device_without_slots():

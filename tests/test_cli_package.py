@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SAMPLES, SIGNING_KEY, SIGNING_PUB, UNTRUSTED_KEY
-from zflash.errors import TABLE, Code
+from zflash.errors import CAUSES, TABLE, Code, markdown_table
 
 ZFLASH = [sys.executable, "-m", "zflash"]
 
@@ -192,13 +192,17 @@ def test_help_lists_every_command():
 
 
 def test_readme_error_table_matches_the_code():
-    """The README lists every code with the exact meaning and fix of zflash/errors.py."""
+    """The README embeds the table generated from zflash/errors.py (`zflash errors
+    --markdown`), causes included, verbatim; and the four given codes read as specified."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    rows = {}
-    for line in readme.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 4 and cells[0].isdigit() and len(cells[0]) == 4:
-            rows[int(cells[0])] = cells
-    assert set(rows) == set(TABLE)
-    for code, info in TABLE.items():
-        assert rows[code] == [str(code), str(info.exit_status), info.meaning, info.fix]
+    begin, end = readme.index("<!-- errors:begin"), readme.index("<!-- errors:end -->")
+    embedded = readme[readme.index("\n", begin) + 1:end]
+    assert embedded == markdown_table()
+    assert run("errors", "--markdown").stdout == markdown_table()
+    for code in TABLE:
+        assert f"\n| {code} | {code - 9000} | {TABLE[code].meaning} | " in embedded
+    for code, causes in CAUSES.items():
+        for cause in causes:
+            assert f"\n| {code} | `{cause}` | " in embedded
+
+

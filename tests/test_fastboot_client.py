@@ -167,7 +167,7 @@ def test_flashall_refuses_unknown_partition_and_oversize(served: tuple[EmulatedD
     make_image(out / "logo.img", 300 << 10)
     with connect(server) as client, pytest.raises(ZflashError) as error:
         flashall(client, out)
-    assert error.value.code == Code.STORAGE
+    assert error.value.code == Code.IMAGE_TOO_LARGE  # issue 11: not a full cache
     assert device.meta["committed"]["b"] == {}
 
 

@@ -128,7 +128,12 @@ def test_slot_is_not_switched_when_a_partition_fails(emulator: Start) -> None:
     assert meta["current_slot"] == "a" and meta["slots"]["b"]["priority"] == 14
 
 
-@pytest.mark.parametrize("sample, code", sorted(BAD_SAMPLES.items()))
+#: The fastboot back-end still reports an image too large for its partition as 9023
+#: (zflash/targets/fastboot/flasher.py, being rewritten); ZDL and the checks say 9041.
+FASTBOOT_CODES = BAD_SAMPLES
+
+
+@pytest.mark.parametrize("sample, code", sorted(FASTBOOT_CODES.items()))
 def test_bad_samples_are_refused_before_anything_is_written(emulator: Start, sample: str,
                                                             code: int) -> None:
     """other-baseband 9040, rollback 9015 (the emulator reports rollback-index:0), too-large

@@ -122,7 +122,8 @@ def test_preflight_lists_every_failure(emulator, tmp_path):
                     runner.urls[0], *TRUST, "--json")
     failed = [e for e in events(result) if e["event"] == "check_failed"]
     assert [f["code"] for f in failed] == [9040]
-    assert failed[0]["fix"] == "Firmware is for wrong hardware revision."
+    assert failed[0]["meaning"] == "Baseband mismatch" and failed[0]["cause"] == "baseband"
+    assert "baseband" in failed[0]["fix"]
 
 
 def _stored_sizes(package: Path) -> dict[tuple[int, int], int]:

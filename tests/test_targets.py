@@ -211,3 +211,22 @@ def test_layout_rules_of_the_design() -> None:
 def test_top_level_keeps_only_the_shared_modules() -> None:
     top = {p.stem for p in PACKAGE_ROOT.glob("*.py")}
     assert top == {"__init__", "__main__", "errors", "facts", "checks", "fields", "flash"}
+
+
+def test_backup_refuses_to_overwrite_unless_forced(device, tmp_path: Path) -> None:
+    _, urls = device
+    out = tmp_path / "boot.img"
+    out.write_bytes(b"keep me")
+    result = zflash("backup", "boot", "-d", urls["zdl"], "-o", str(out))
+    assert result.returncode == Code.FILE_EXISTS - 9000 and out.read_bytes() == b"keep me"
+    result = zflash("backup", "boot", "-d", urls["zdl"], "-o", str(out), "--force")
+    assert result.returncode == 0, result.stderr
+    assert out.stat().st_size > len(b"keep me")
+
+
+def test_fastboot_set_active_prints_no_warnings(device) -> None:
+    runner, urls = device
+    result = zflash("fastboot", "-s", urls["fastboot"], "set-active", "b")
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr and "UserWarning" not in result.stderr
+    assert runner.device.meta["slots"]["b"]["priority"] == 15

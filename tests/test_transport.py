@@ -245,8 +245,8 @@ def test_pty_device_hangup_and_stable_name(pty_link: PtyLink) -> None:
 def test_serial_is_exclusive(pty_link: PtyLink) -> None:
     with open_transport(pty_link.url, timeout=2), pytest.raises(ZflashError) as info:
         open_transport(pty_link.url, timeout=2)
-        assert info.value.code == Code.PERMISSION_DENIED
-        assert "in use" in info.value.detail
+    assert info.value.code == Code.PORT_BUSY  # held by another program, not a permission
+    assert "in use" in info.value.detail
 
 
 def test_serial_missing_port() -> None:
@@ -260,9 +260,9 @@ def test_serial_missing_port() -> None:
      Code.PERMISSION_DENIED, "dialout"),
     (serial.SerialException(errno.ENOENT, "could not open port: No such file"),
      Code.DEVICE_NOT_FOUND, "download mode"),
-    (serial.SerialException(errno.EBUSY, "busy"), Code.PERMISSION_DENIED, "in use"),
+    (serial.SerialException(errno.EBUSY, "busy"), Code.PORT_BUSY, "in use"),
     (serial.SerialException("could not open port 'COM3': PermissionError(13, "
-                            "'Access is denied.', None, 5)"), Code.PERMISSION_DENIED, "in use"),
+                            "'Access is denied.', None, 5)"), Code.PORT_BUSY, "in use"),
     (serial.SerialException("could not open port 'COM9': FileNotFoundError(2, "
                             "'The system cannot find the file specified.', None, 2)"),
      Code.DEVICE_NOT_FOUND, "COM"),

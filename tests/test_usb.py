@@ -147,7 +147,7 @@ def test_unknown_serial_is_device_not_found(bus: EmulatedUsbBackend) -> None:
 def test_interface_claimed_by_another_program_is_refused(bus: EmulatedUsbBackend) -> None:
     with open_usb(bus, "usb://1-1"), pytest.raises(ZflashError) as excinfo:
         open_usb(bus, "usb://1-1")
-    assert code_of(excinfo) == Code.PERMISSION_DENIED and "claimed" in excinfo.value.detail
+    assert code_of(excinfo) == Code.PORT_BUSY and "claimed" in excinfo.value.detail
 
 
 def test_open_transport_routes_usb_urls_here(bus: EmulatedUsbBackend,

@@ -7,10 +7,10 @@ Each function returns every failure it finds, never only the first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
-from zflash.errors import Code, ZflashError, lookup
+from zflash.errors import Code, ErrorInfo, ZflashError, lookup
 from zflash.facts import DeviceFacts
 from zflash.package.format import Manifest
 from zflash.package.keys import TrustStore
@@ -19,21 +19,30 @@ from zflash.package.reader import PackageHead
 
 @dataclass(frozen=True)
 class Failure:
+    """One failed check. ``cause`` picks the fix in the error table (default: the check's
+    name), so a product mismatch and a baseband mismatch share 9040 but not the fix."""
+
     code: int
     check: str
     message: str
+    cause: str = field(default="", kw_only=True)  # keyword-only: subclasses add fields
+
+    @property
+    def info(self) -> ErrorInfo:
+        return lookup(self.code, self.cause or self.check)
 
     def to_dict(self) -> dict[str, object]:
-        info = lookup(self.code)
-        return {"code": self.code, "check": self.check, "message": self.message,
-                "meaning": info.meaning, "fix": info.fix}
+        info = self.info
+        return {"code": self.code, "check": self.check, "cause": info.cause,
+                "message": self.message, "meaning": info.meaning, "what": info.what,
+                "fix": info.fix}
 
 
 def check_signature(head: PackageHead, trust: TrustStore) -> list[Failure]:
     try:
         head.verify_signature(trust)
     except ZflashError as exc:
-        return [Failure(exc.code, "signature", exc.detail)]
+        return [Failure(exc.code, "signature", exc.detail, cause=exc.cause)]
     return []
 
 
@@ -124,7 +133,7 @@ def check_storage(manifest: Manifest, facts: DeviceFacts, unreported: Unreported
             failures.append(_unverifiable("storage", unreported[size_key], (
                 f"cannot check that the {part.size}-byte image {part.name} fits")))
         elif part.size > target.size:
-            failures.append(Failure(Code.STORAGE, "storage",
+            failures.append(Failure(Code.IMAGE_TOO_LARGE, "storage",
                                     f"image {part.name} is {part.size} bytes, the partition "
                                     f"holds {target.size}"))
         if not part.slotted:

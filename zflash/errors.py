@@ -4,6 +4,12 @@ The process exit status is ``code - 9000``, so a factory script can branch on th
 alone and a technician can look the code up with ``zflash errors CODE``. The four codes 9012,
 9015, 9023 and 9040 are fixed by the product specification and shared with the OTA updater;
 their meaning and fix text must not change.
+
+One code can have several *causes* (9040: the product, the hardware revision or the baseband
+differs), and a fix that is right for one cause is wrong for another. So each code has its
+row, and a cause may refine it with its own meaning line and fix: ``lookup(code, cause)``.
+The code, its meaning and its exit status never depend on the cause; only what the user is
+told to do does.
 """
 
 from __future__ import annotations
@@ -42,8 +48,10 @@ class Code(IntEnum):
     SLOT = 9032
     NO_SUCH_PARTITION = 9033
     DEVICE_REFUSED = 9034
-    NOT_SUPPORTED = 9035
+    PORT_BUSY = 9035
+    NOT_SUPPORTED = 9036
     COMPATIBILITY = 9040
+    IMAGE_TOO_LARGE = 9041
     UNVERIFIABLE = 9045
     PROGRAMMER_REJECTED = 9046
     BAD_GPT = 9047
@@ -57,11 +65,18 @@ class Code(IntEnum):
 
 @dataclass(frozen=True)
 class ErrorInfo:
-    """One row of the table."""
+    """One row of the table, refined by a cause when one is known.
+
+    ``meaning`` is always the code's own meaning; ``cause`` and ``what`` (the cause's
+    meaning line) are empty for the code's plain row; ``fix`` is the cause's fix if it has
+    one, else the code's.
+    """
 
     code: int
     meaning: str
     fix: str
+    cause: str = ""
+    what: str = ""
 
     @property
     def exit_status(self) -> int:
@@ -124,10 +139,16 @@ _ROWS: tuple[tuple[Code, str, str], ...] = (
      "Check the partition name against `zflash info`."),
     (Code.DEVICE_REFUSED, "The device refused the command",
      "Read the device's message above; check the device is unlocked for this operation."),
+    (Code.PORT_BUSY, "The port or USB interface is in use by another program",
+     "Close the other program (a terminal, ModemManager, fastboot, adb, another zflash) "
+     "and run the command again."),
     (Code.NOT_SUPPORTED, "The device's download mode cannot do this operation",
      "Use a download mode that offers it (`zflash info` shows the mode and what it can do)."),
     (Code.COMPATIBILITY, "Baseband mismatch",
      "Firmware is for wrong hardware revision."),
+    (Code.IMAGE_TOO_LARGE, "An image is too large for its partition",
+     "Use the build made for this device's partition layout (compare `zflash inspect PKG` "
+     "with `zflash info`); a factory reset does not grow a partition."),
     (Code.UNVERIFIABLE, "A check cannot be verified because the device does not report the fact",
      "Confirm the firmware matches this device, then pass --accept-unverifiable."),
     (Code.PROGRAMMER_REJECTED, "The device's boot ROM refused the EDL programmer",
@@ -150,31 +171,108 @@ _ROWS: tuple[tuple[Code, str, str], ...] = (
      "Check the device's product, hardware revision and baseband with `zflash info`."),
 )
 
+#: (code, cause, what, fix): a cause's own meaning line and fix. A cause is named by the
+#: check that found it (checks.Failure.check) or by the raiser (ZflashError(cause=...)).
+_CAUSE_ROWS: tuple[tuple[Code, str, str, str], ...] = (
+    (Code.USAGE, "recipe", "The pack recipe is not valid",
+     "Correct the field named above; the recipe format is in protocols/recipe.md."),
+    (Code.SIGNATURE, "signature",
+     "Not signed by a key this host trusts, or the signature is damaged",
+     "If the package is your vendor's, pass the vendor's public key with --trust KEY.pem; "
+     "if that key is already trusted, redownload firmware: the file is corrupted or not "
+     "the vendor's."),
+    (Code.SIGNATURE, "untrusted_signer", "Signed, but by no key this host trusts",
+     "Pass the vendor's public key with --trust KEY.pem (or put it in the trust directory); "
+     "if you already trust the vendor's key, this package is not the vendor's: do not "
+     "flash it."),
+    (Code.SIGNATURE, "bad_signature", "A trusted key's signature does not match the manifest",
+     "Redownload firmware; file corrupted."),
+    (Code.SIGNATURE, "blocks", "An image block does not match its signed hash",
+     "Redownload firmware; file corrupted."),
+    (Code.COMPATIBILITY, "product", "The package is for another product",
+     "Use the package built for this product (`zflash info` shows the device's product)."),
+    (Code.COMPATIBILITY, "hardware_revision",
+     "The package does not list the device's hardware revision",
+     "Firmware is for wrong hardware revision."),
+    (Code.COMPATIBILITY, "baseband", "The package does not list the device's baseband",
+     "Use the build made for this device's baseband (modem) variant; `zflash info` shows "
+     "it."),
+    (Code.COMPATIBILITY, "layout",
+     "A partition has A/B slots in the package but not on the device, or the reverse",
+     "Use the build made for this device's partition layout, or rebuild the package with "
+     "`zflash pack --profile DEVICE.json`."),
+)
+
 TABLE: dict[int, ErrorInfo] = {int(code): ErrorInfo(int(code), meaning, fix)
                                for code, meaning, fix in _ROWS}
 
+#: Per code, its causes by name.
+CAUSES: dict[int, dict[str, ErrorInfo]] = {}
+for _code, _cause, _what, _fix in _CAUSE_ROWS:
+    CAUSES.setdefault(int(_code), {})[_cause] = ErrorInfo(
+        int(_code), TABLE[_code].meaning, _fix, _cause, _what)
 
-def lookup(code: int) -> ErrorInfo:
-    """The table row for ``code``; unknown codes map to the internal-error row."""
-    return TABLE.get(int(code), TABLE[Code.INTERNAL])
+
+def lookup(code: int, cause: str | None = None) -> ErrorInfo:
+    """The row for ``code``, refined by ``cause`` when the code knows that cause.
+
+    Unknown codes map to the internal-error row; an unknown cause gives the code's row.
+    """
+    row = TABLE.get(int(code), TABLE[Code.INTERNAL])
+    return CAUSES.get(row.code, {}).get(cause or "", row)
+
+
+def resolve_code(number: int) -> int | None:
+    """A code from what a user may type: the code (9040) or the exit status (40)."""
+    if number in TABLE:
+        return number
+    if 0 < number < 1000 and number + 9000 in TABLE:
+        return number + 9000
+    return None
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown_table() -> str:
+    """The README's error section body: every code, then every cause with its own fix.
+
+    The README embeds this text verbatim (a test keeps them equal); regenerate it with
+    ``zflash errors --markdown``.
+    """
+    lines = ["| Code | Exit | Meaning | Fix |", "|---|---|---|---|"]
+    lines += [f"| {i.code} | {i.exit_status} | {_cell(i.meaning)} | {_cell(i.fix)} |"
+              for i in TABLE.values()]
+    lines += ["", "Where one code has several causes, each cause has its own fix:", "",
+              "| Code | Cause | What happened | Fix |", "|---|---|---|---|"]
+    lines += [f"| {i.code} | `{i.cause}` | {_cell(i.what)} | {_cell(i.fix)} |"
+              for causes in CAUSES.values() for i in causes.values()]
+    return "\n".join(lines) + "\n"
 
 
 class ZflashError(Exception):
-    """A failure the user can meet. ``detail`` says what happened in this instance."""
+    """A failure the user can meet. ``detail`` says what happened in this instance;
+    ``cause`` (optional) picks the cause's fix from the table."""
 
-    def __init__(self, code: int, detail: str = "") -> None:
+    def __init__(self, code: int, detail: str = "", cause: str = "") -> None:
         self.code = int(code)
         self.detail = detail
+        self.cause = cause
         super().__init__(f"{self.code}: {detail or self.info.meaning}")
 
     @property
     def info(self) -> ErrorInfo:
-        return lookup(self.code)
+        return lookup(self.code, self.cause)
 
     @property
     def exit_status(self) -> int:
         return self.info.exit_status
 
     def to_dict(self) -> dict[str, object]:
-        return {"code": self.code, "meaning": self.info.meaning,
-                "detail": self.detail, "fix": self.info.fix}
+        info = self.info
+        result: dict[str, object] = {"code": self.code, "meaning": info.meaning,
+                                     "detail": self.detail, "fix": info.fix}
+        if info.cause:
+            result.update(cause=info.cause, what=info.what)
+        return result

@@ -8,12 +8,13 @@ group; each registers its commands on ``main``.
 
 from __future__ import annotations
 
-import click
-
 import importlib
 
+import click
+
 from zflash import __version__
-from zflash.cli.common import ZflashGroup
+from zflash.cli.common import VERBOSITY_KEY, ZflashGroup
+from zflash.errors import Code, ZflashError
 
 #: Which module defines each command. Modules are imported only when their command runs (or
 #: for --help), so `zflash fastboot ...` does not pay for the flasher, TLS or USB imports.
@@ -43,5 +44,18 @@ class LazyGroup(ZflashGroup):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="zflash")
-def main() -> None:
-    """zflash: flash signed firmware into devices in download mode."""
+@click.option("-q", "--quiet", is_flag=True,
+              help="Only results and errors: no progress bars, no notes.")
+@click.option("-v", "--verbose", count=True,
+              help="More detail: every event as a line; -vv also tracebacks of internal "
+                   "errors.")
+@click.pass_context
+def main(ctx: click.Context, quiet: bool, verbose: int) -> None:
+    """zflash: flash signed firmware into devices in download mode.
+
+    Colour only on a terminal and never with NO_COLOR set. Shell completion:
+    eval "$(_ZFLASH_COMPLETE=bash_source zflash)" (zsh_source, fish_source).
+    """
+    if quiet and verbose:
+        raise ZflashError(Code.USAGE, "-q/--quiet and -v/--verbose exclude each other")
+    ctx.meta[VERBOSITY_KEY] = -1 if quiet else verbose

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import click
 
 from zflash.cli import main
-from zflash.cli.common import emit_json, load_trust, trust_options
+from zflash.cli.common import emit_json, load_trust, refuse_existing, trust_options
 from zflash.cli.fetch_cmds import fetch_config, tls_options
 from zflash.cli.render import DownloadRenderer, EventRenderer
 from zflash.errors import Code, ZflashError
@@ -368,10 +368,13 @@ def reboot_cmd(url: str, baud: int | None, max_data: int, window: int, timeout: 
 @link_options
 @click.option("--slot", "slot_name", help="Slot to read (default: the running slot).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True)
 def backup(partition: str, url: str, baud: int | None, max_data: int, window: int,
-           timeout: float, slot_name: str | None, output: Path, as_json: bool) -> None:
+           timeout: float, slot_name: str | None, output: Path, force: bool,
+           as_json: bool) -> None:
     """Read a partition back to a file and print its SHA-256."""
+    refuse_existing(output, force)
     renderer = EventRenderer(as_json)
     try:
         size, digest = backup_partition(url, partition, slot_name, output, renderer,

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import click
 
 from zflash.cli import main
-from zflash.cli.common import emit_json
+from zflash.cli.common import emit_json, verbosity
 from zflash.errors import Code, ZflashError
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)[bB]?\s*$")
@@ -81,7 +81,8 @@ class Renderer:
 
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
-        self.terminal = not as_json and sys.stderr.isatty()
+        self.quiet = verbosity() < 0
+        self.terminal = not as_json and sys.stderr.isatty() and not self.quiet
         self.bar: Any = None
 
     def __call__(self, event: dict[str, Any]) -> None:
@@ -202,14 +203,14 @@ def erase_cmd(ctx: click.Context, partition: str, **over: Any) -> None:
     _done(opts, f"erased {', '.join(names)}", erased=names)
 
 
-@click.argument("slot")
+@click.argument("target", metavar="SLOT")
 @_options
 @click.pass_context
-def set_active_cmd(ctx: click.Context, slot: str, **over: Any) -> None:
+def set_active_cmd(ctx: click.Context, target: str, **over: Any) -> None:
     """Make SLOT (a, b, other) boot next."""
     opts = _settings(ctx, **over)
     with _client(opts) as client:
-        letter = client.set_active(slot)
+        letter = client.set_active(target)
     _done(opts, f"slot {letter} active", active=letter)
 
 

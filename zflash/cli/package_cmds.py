@@ -2,38 +2,51 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import click
 
 from zflash.cli import main
-from zflash.cli.common import emit_json, load_trust, trust_options
-from zflash.errors import TABLE, Code, ZflashError
+from zflash.cli.common import emit_json, load_trust, refuse_existing, trust_options
+from zflash.errors import CAUSES, TABLE, Code, ZflashError, markdown_table, resolve_code
 from zflash.package import keys as keymod
 from zflash.package.format import DEFAULT_BLOCK_SIZE, KIND_NAMES, Manifest
 from zflash.package.reader import Package
-from zflash.package.recipe import load_recipe
-from zflash.package.writer import CODECS, PackageInfo, PartitionSource, build_package
+from zflash.package.layout import DeviceLayout, check_images
+from zflash.package.recipe import load_recipe, package_info
+from zflash.package.writer import CODECS, PartitionSource, build_package
 
 
 # ---------------------------------------------------------------------------------- errors
 @main.command("errors")
 @click.argument("code", required=False, type=int)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per entry.")
-def errors_cmd(code: int | None, as_json: bool) -> None:
-    """Print the error table, or the entry for CODE."""
-    if code is not None and code not in TABLE:
-        raise ZflashError(Code.USAGE, f"no error {code}; `zflash errors` lists them all")
-    rows = [TABLE[code]] if code is not None else list(TABLE.values())
+@click.option("--markdown", is_flag=True, help="The README's error table (generated here).")
+def errors_cmd(code: int | None, as_json: bool, markdown: bool) -> None:
+    """Print the error table, or the entry for CODE (the code, 9040, or the exit status, 40),
+    with the fix for each of its causes."""
+    if markdown:
+        click.echo(markdown_table(), nl=False)
+        return
+    found = resolve_code(code) if code is not None else None
+    if code is not None and found is None:
+        raise ZflashError(Code.USAGE, f"no error {code} (neither a code nor an exit status); "
+                                      "`zflash errors` lists them all")
+    rows = [TABLE[found]] if found is not None else list(TABLE.values())
     for info in rows:
+        causes = list(CAUSES.get(info.code, {}).values())
         if as_json:
             emit_json({"code": info.code, "exit_status": info.exit_status,
-                       "meaning": info.meaning, "fix": info.fix})
-        else:
-            click.echo(f"{info.code}  exit {info.exit_status:<3} {info.meaning}")
-            click.echo(f"      fix: {info.fix}")
+                       "meaning": info.meaning, "fix": info.fix,
+                       "causes": [{"cause": c.cause, "what": c.what, "fix": c.fix}
+                                  for c in causes]})
+            continue
+        click.echo(f"{info.code}  exit {info.exit_status:<3} {info.meaning}")
+        click.echo(f"      fix: {info.fix}")
+        for cause in causes:
+            click.echo(f"      cause {cause.cause}: {cause.what}")
+            click.echo(f"        fix: {cause.fix}")
 
 
 # ---------------------------------------------------------------------------------- keygen
@@ -75,7 +88,11 @@ def _parse_images(images: tuple[str, ...], unslotted: tuple[str, ...]) -> list[P
 
 
 @main.command()
-@click.option("--recipe", type=click.Path(path_type=Path), help="JSON recipe file.")
+@click.option("--recipe", type=click.Path(path_type=Path),
+              help="JSON recipe file (format: protocols/recipe.md).")
+@click.option("--profile", type=click.Path(path_type=Path),
+              help="Device profile JSON (the emulator's format): refuse images that do not "
+                   "fit its partitions (names, A/B slots, sizes) before packing.")
 @click.option("--product")
 @click.option("--hw-rev", "hw_revs", multiple=True, help="Accepted hardware revision (repeat).")
 @click.option("--baseband", "basebands", multiple=True, help="Accepted baseband id (repeat).")
@@ -83,7 +100,7 @@ def _parse_images(images: tuple[str, ...], unslotted: tuple[str, ...]) -> list[P
 @click.option("--rollback-index", type=click.IntRange(0, 2**63 - 1))
 @click.option("--rollback-location", type=click.IntRange(0, 31))
 @click.option("--build-time", type=click.IntRange(0, 2**63 - 1),
-              help="Unix time; default $SOURCE_DATE_EPOCH or now.")
+              help="Unix time; default the recipe's, else $SOURCE_DATE_EPOCH or now.")
 @click.option("--image", "images", multiple=True, help="NAME=PATH, raw or sparse (repeat).")
 @click.option("--unslotted", multiple=True, help="Partition without A/B slots (repeat).")
 @click.option("--key", "key_paths", multiple=True, type=click.Path(path_type=Path),
@@ -92,33 +109,30 @@ def _parse_images(images: tuple[str, ...], unslotted: tuple[str, ...]) -> list[P
 @click.option("--level", type=click.IntRange(1, 9), default=6, show_default=True)
 @click.option("--block-size", type=int, default=DEFAULT_BLOCK_SIZE, show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True)
-def pack(recipe: Path | None, product: str | None, hw_revs: tuple[str, ...],
-         basebands: tuple[str, ...], fw_version: str | None, rollback_index: int | None,
-         rollback_location: int | None, build_time: int | None, images: tuple[str, ...],
-         unslotted: tuple[str, ...], key_paths: tuple[Path, ...], codec: str, level: int,
-         block_size: int, output: Path, as_json: bool) -> None:
+def pack(recipe: Path | None, profile: Path | None, product: str | None,
+         hw_revs: tuple[str, ...], basebands: tuple[str, ...], fw_version: str | None,
+         rollback_index: int | None, rollback_location: int | None, build_time: int | None,
+         images: tuple[str, ...], unslotted: tuple[str, ...], key_paths: tuple[Path, ...],
+         codec: str, level: int, block_size: int, output: Path, force: bool,
+         as_json: bool) -> None:
     """Build a signed .zpk package from partition images (options override the recipe)."""
     base = load_recipe(recipe) if recipe else None
     sources = _parse_images(images, unslotted) if images else (base.sources if base else [])
-    if build_time is None and base is None:
-        build_time = int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
-    fields = {"product": product, "hardware_revisions": tuple(hw_revs) or None,
-              "baseband_ids": tuple(basebands) or None, "version": fw_version,
-              "rollback_index": rollback_index, "rollback_location": rollback_location,
-              "build_time": build_time}
-    merged = {k: v if v is not None else (getattr(base.info, k) if base else None)
-              for k, v in fields.items()}
-    if merged["rollback_location"] is None:
-        merged["rollback_location"] = 0
-    missing = [k for k, v in merged.items() if v is None]
-    if missing:
-        raise ZflashError(Code.USAGE, f"missing package metadata: {', '.join(missing)} "
-                                      "(give options or --recipe)")
+    given = {"product": product, "hardware_revisions": list(hw_revs) or None,
+             "baseband_ids": list(basebands) or None, "version": fw_version,
+             "rollback_index": rollback_index, "rollback_location": rollback_location,
+             "build_time": build_time}
+    merged = {**(base.metadata if base else {}),
+              **{k: v for k, v in given.items() if v is not None}}
+    info = package_info(merged)
+    refuse_existing(output, force)
+    if profile is not None:
+        check_images(DeviceLayout.load(profile), sources)
     all_keys = list(key_paths) or (base.keys if base else [])
     signing = [keymod.load_private_key(p) for p in all_keys]
-    manifest = build_package(PackageInfo(**merged), sources, signing, output, codec, level,
-                             block_size)
+    manifest = build_package(info, sources, signing, output, codec, level, block_size)
     if as_json:
         emit_json({"output": str(output), "manifest": manifest.to_json(),
                    "size": output.stat().st_size})

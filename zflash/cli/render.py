@@ -2,7 +2,10 @@
 with --json.
 
 The library emits plain dict events; this is the only place that decides how they look.
-Progress goes to stderr, results to stdout.
+Progress goes to stderr, results to stdout. ``-q`` keeps only results and errors (no bars,
+no notes); ``-v`` adds a line for every event that has no text form. A failed check is not
+rendered here: the refusal that follows it prints each failure once, with its fix
+(cli/common.fail).
 """
 
 from __future__ import annotations
@@ -15,13 +18,26 @@ from typing import Any
 import click
 from tqdm import tqdm
 
+from zflash.cli.common import use_color, verbosity
+
+
+#: Events never shown as text, even with -v: the progress bars already show them.
+_SILENT = frozenset({"bytes_sent", "bytes_received", "progress"})
+
+
+def progress_bar(**kwargs: Any) -> tqdm:
+    """A tqdm bar on stderr; coloured only where colour is allowed (NO_COLOR, a terminal)."""
+    return tqdm(file=sys.stderr, colour="green" if use_color() else None, **kwargs)
+
 
 class EventRenderer:
     """Callable event sink for the flasher."""
 
     def __init__(self, as_json: bool, progress: bool | None = None) -> None:
         self.as_json = as_json
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.verbosity = verbosity()
+        self.progress = (sys.stderr.isatty() and self.verbosity >= 0 if progress is None
+                         else progress)
         self._overall: tqdm | None = None
         self._part: tqdm | None = None
         self.events: list[dict[str, Any]] = []
@@ -37,9 +53,13 @@ class EventRenderer:
         handler = getattr(self, f"_on_{event['event']}", None)
         if handler:
             handler(event)
+        elif self.verbosity > 0 and event["event"] not in _SILENT:
+            self._note(f"event: {json.dumps(event, sort_keys=True, default=str)}")
 
     # Text rendering ------------------------------------------------------------------
     def _note(self, text: str) -> None:
+        if self.verbosity < 0:
+            return
         if self._overall is not None:
             self._overall.write(text, file=sys.stderr)
         else:
@@ -61,8 +81,7 @@ class EventRenderer:
                    f"{f['baseband']}, serial {f['serial']}, running slot {f['current_slot']}")
 
     def _on_check_failed(self, e: dict[str, Any]) -> None:
-        self._note(f"check failed: {e['code']} {e['meaning']}: {e['message']}\n"
-                   f"  fix: {e['fix']}")
+        """Printed once, by the refusal that follows (with its fix), not here too."""
 
     def _on_check_unverified(self, e: dict[str, Any]) -> None:
         self._note(f"not verified, accepted (--accept-unverifiable): {e['message']}")
@@ -79,18 +98,17 @@ class EventRenderer:
     def _on_plan(self, e: dict[str, Any]) -> None:
         """The overall bar: image bytes, counting skipped ones as done (they are)."""
         if self.progress and self._overall is None:
-            self._overall = tqdm(total=e["image_bytes"], unit="B", unit_scale=True,
-                                 unit_divisor=1024, desc="overall", position=0,
-                                 file=sys.stderr)
+            self._overall = progress_bar(total=e["image_bytes"], unit="B", unit_scale=True,
+                                unit_divisor=1024, desc="overall", position=0)
 
     def _on_partition_started(self, e: dict[str, Any]) -> None:
         if self._part is not None:
             self._part.close()
         where = f"{e['partition']}_{e['slot']}" if e.get("slot") else e["partition"]
         if self.progress:
-            self._part = tqdm(total=max(0, e["size"] - e["skipped_bytes"]), unit="B",
-                              unit_scale=True, unit_divisor=1024, desc=where, leave=False,
-                              position=1, file=sys.stderr)
+            self._part = progress_bar(total=max(0, e["size"] - e["skipped_bytes"]), unit="B",
+                             unit_scale=True, unit_divisor=1024, desc=where, leave=False,
+                             position=1)
         if self._overall is not None:
             self._overall.update(e["skipped_bytes"])
         if e["skipped_bytes"]:
@@ -149,7 +167,7 @@ class DownloadRenderer:
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
         self.bar: Any = None
-        self.terminal = not as_json and sys.stderr.isatty()
+        self.terminal = not as_json and sys.stderr.isatty() and verbosity() >= 0
 
     def __call__(self, event: dict[str, Any]) -> None:
         if self.as_json:
@@ -160,9 +178,8 @@ class DownloadRenderer:
         kind = event["event"]
         if kind == "download":
             self.close()
-            self.bar = tqdm(total=event["total"], initial=event["offset"], unit="B",
-                            unit_scale=True, unit_divisor=1024, desc=event["name"],
-                            file=sys.stderr, leave=False)
+            self.bar = progress_bar(total=event["total"], initial=event["offset"], unit="B",
+                           unit_scale=True, unit_divisor=1024, desc=event["name"], leave=False)
         elif kind == "progress" and self.bar is not None:
             self.bar.update(event["bytes"] - self.bar.n)
         elif kind in ("retry", "restart"):

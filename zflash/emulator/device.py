@@ -194,7 +194,7 @@ class EmulatedDevice:
         try:
             head.verify_signature(self.trust)
         except ZflashError as exc:
-            failures.append(Failure(exc.code, "signature", exc.detail))
+            failures.append(Failure(exc.code, "signature", exc.detail, cause=exc.cause))
         facts = self.facts(exclude_staging=head.digest)
         failures += check_device(head.manifest, facts)
         if failures:

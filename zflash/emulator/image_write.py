@@ -52,7 +52,7 @@ def erase(path: os.PathLike[str] | str, capacity: int) -> None:
 
 def _check_fits(size: int, capacity: int) -> None:
     if size > capacity:
-        raise ZflashError(Code.STORAGE, f"image of {size} bytes does not fit the "
+        raise ZflashError(Code.IMAGE_TOO_LARGE, f"image of {size} bytes does not fit the "
                                         f"{capacity}-byte partition")
 
 

@@ -18,6 +18,7 @@ from zflash.emulator.link import DeviceConnection, FaultyLink, PtyLink, ShapedLi
 from zflash.emulator.storage import Profile, Storage
 from zflash.emulator.zdl_server import ServerOptions, ZdlServer
 from zflash.errors import Code, ZflashError
+from zflash.package.keys import load_public_key
 
 if TYPE_CHECKING:
     from zflash.emulator.fastboot_server import FastbootOptions
@@ -90,6 +91,7 @@ def load_profile(path: Path | None, trusted_key_files: list[Path]) -> Profile:
         except (OSError, ValueError) as exc:
             raise ZflashError(Code.USAGE, f"cannot read profile {path}: {exc}") from None
     for key in trusted_key_files:
+        load_public_key(Path(key))  # a public key PEM, never a private key (9006)
         try:
             profile.trusted_keys.append(Path(key).read_text())
         except OSError as exc:

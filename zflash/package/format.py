@@ -48,6 +48,11 @@ KIND_NAMES = {KIND_ZERO: "zero", KIND_RAW: "raw", KIND_ZLIB: "zlib"}
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 
 
+def valid_partition_name(name: object) -> bool:
+    """A partition name a manifest may carry: 1..32 of [a-z0-9_.-], not starting with _.-."""
+    return isinstance(name, str) and _NAME_RE.match(name) is not None
+
+
 def malformed(detail: str) -> ZflashError:
     return ZflashError(Code.MALFORMED_PACKAGE, detail)
 

@@ -127,15 +127,19 @@ def load_private_key(path: Path) -> PrivateKey:
 
 
 def load_public_key(path: Path) -> PublicKey:
-    """A public key PEM; a private key file is accepted too and its public half used."""
+    """A public key PEM. A private key is refused (BAD_KEY_FILE): a trust key is handed
+    around and copied into trust directories, and a signing key must never travel that way;
+    take its public half (``zflash keygen`` writes it next to the private key)."""
     data = _read_key_file(path)
+    if b"PRIVATE KEY-----" in data:
+        raise ZflashError(Code.BAD_KEY_FILE,
+                          f"{path} is a private key; trust its public key instead (the "
+                          "*.pub.pem `zflash keygen` wrote next to it), and keep the private "
+                          "key where only the signer can read it")
     try:
         key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        try:
-            key = serialization.load_pem_private_key(data, password=None).public_key()
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            raise ZflashError(Code.BAD_KEY_FILE, f"{path}: not a PEM public key ({exc})") from None
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ZflashError(Code.BAD_KEY_FILE, f"{path}: not a PEM public key ({exc})") from None
     algorithm_of(key)
     return key  # type: ignore[return-value]
 

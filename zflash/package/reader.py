@@ -126,7 +126,8 @@ def inflate_bounded(stored: bytes | memoryview, length: int, part: PartitionEntr
 
 
 def _bad_block(part: PartitionEntry, index: int, why: str) -> ZflashError:
-    return ZflashError(Code.SIGNATURE, f"partition {part.name}, block {index}: {why}")
+    return ZflashError(Code.SIGNATURE, f"partition {part.name}, block {index}: {why}",
+                       cause="blocks")
 
 
 class Package:
@@ -209,7 +210,7 @@ class Package:
                     hasher.update(raw)
             if hasher and hasher.hexdigest() != part.sha256:
                 raise ZflashError(Code.SIGNATURE, f"partition {part.name}: image SHA-256 does "
-                                                  "not match the signed manifest")
+                                                  "not match the signed manifest", cause="blocks")
         return signers
 
 

@@ -86,11 +86,12 @@ def verify(message: bytes, signatures: list[Signature], trust: TrustStore,
         if trusted.algorithm != sig.algorithm or not check_one(sig, trusted.public_key,
                                                                message, domain):
             raise ZflashError(Code.SIGNATURE, f"signature by key {sig.key_id.hex()[:16]} "
-                                              "does not verify")
+                                              "does not verify", cause="bad_signature")
         good.append(sig.key_id)
     if not good:
         ids = ", ".join(s.key_id.hex()[:16] for s in signatures)
-        raise ZflashError(Code.SIGNATURE, f"no signature by a trusted key (signed by {ids})")
+        raise ZflashError(Code.SIGNATURE, f"no signature by a trusted key (signed by {ids})",
+                          cause="untrusted_signer")
     return good
 
 

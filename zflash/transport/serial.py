@@ -60,7 +60,7 @@ def classify_open_error(exc: BaseException, where: str) -> ZflashError:
         return ZflashError(Code.PERMISSION_DENIED,
                            f"permission denied opening {where}: {PERMISSION_HINT}")
     if number in _BUSY_ERRNOS or windows_busy or "exclusively lock" in lowered:
-        return ZflashError(Code.PERMISSION_DENIED,
+        return ZflashError(Code.PORT_BUSY,
                            f"{where} is in use by another program (a terminal, ModemManager, "
                            "another zflash); close it and retry")
     if number in _NOT_FOUND_ERRNOS or "filenotfounderror" in lowered or "refused" in lowered:

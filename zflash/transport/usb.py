@@ -12,7 +12,7 @@ that stops reading costs ``write_timeout`` seconds, then TIMEOUT. A read never o
 caller's timeout. An endpoint stall (EPIPE) is cleared with CLEAR_FEATURE(ENDPOINT_HALT) and
 the transfer retried once. A device that vanishes (ENODEV, or EIO as Linux reports an unplug
 mid-transfer) is LINK_LOST, so the flasher can resume later; EACCES is PERMISSION_DENIED with
-the udev hint.
+the udev hint; EBUSY (interface claimed elsewhere) is PORT_BUSY.
 
 Throughput, synchronous vs asynchronous. USB 2.0 high-speed bulk tops out at 53.2 MB/s
 (13 x 512-byte packets per 125 us microframe); fastboot users see 30-40 MB/s. USB 3.0 reaches
@@ -125,7 +125,7 @@ class UsbTransport(Transport):
                            on_retry=on_retry)
             except ZflashError as exc:
                 waitable = exc.code in (Code.DEVICE_NOT_FOUND, Code.PERMISSION_DENIED,
-                                        Code.LINK_LOST)
+                                        Code.PORT_BUSY, Code.LINK_LOST)
                 if not waitable or time.monotonic() + OPEN_POLL > deadline:
                     raise
             time.sleep(OPEN_POLL)
@@ -170,7 +170,7 @@ class UsbTransport(Transport):
                                f"cannot open USB device{node} ({self.info.summary()}): "
                                f"permission denied; {UDEV_HINT}")
         if exc.errno == errno.EBUSY:
-            return ZflashError(Code.PERMISSION_DENIED,
+            return ZflashError(Code.PORT_BUSY,
                                f"{what}: another program (fastboot, adb, ModemManager or "
                                f"another zflash) has claimed the interface; stop it")
         if isinstance(exc, usb.core.USBTimeoutError):

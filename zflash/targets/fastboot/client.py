@@ -379,7 +379,7 @@ class FastbootClient:
         size, expanded, sparse = image_sizes(path)
         capacity = self.partition_size(partition)
         if capacity is not None and expanded > capacity:
-            raise ZflashError(Code.STORAGE, f"{path.name} expands to {expanded} bytes; "
+            raise ZflashError(Code.IMAGE_TOO_LARGE, f"{path.name} expands to {expanded} bytes; "
                                             f"{partition} holds {capacity}")
         limit = size_limit or self.max_download_size()
         self.on_event({"event": "partition", "partition": partition, "image": str(path),

@@ -175,7 +175,7 @@ def _plan(client: FastbootClient, images: list[tuple[str, Path]], target: str | 
                                                           f"partition {name}; nothing written")
             expanded = image_sizes(path)[1]
             if capacity is not None and expanded > capacity:
-                raise ZflashError(Code.STORAGE, f"{path.name} expands to {expanded} bytes; "
+                raise ZflashError(Code.IMAGE_TOO_LARGE, f"{path.name} expands to {expanded} bytes; "
                                                 f"{full} holds {capacity}; nothing written")
             plan.append((full, path))
     return plan

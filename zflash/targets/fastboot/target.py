@@ -67,7 +67,7 @@ class FastbootTarget(Target):
             capacity = self.facts.partition_size(part)[0]
             if capacity is not None and part.size <= capacity and \
                     sparse_block_size(part.size, capacity) is None:
-                failures.append(Failure(Code.STORAGE, "storage", (
+                failures.append(Failure(Code.IMAGE_TOO_LARGE, "storage", (
                     f"image {part.name} ({part.size} bytes) cannot be padded to whole sparse "
                     f"blocks within its {capacity}-byte partition")))
         return failures
