@@ -16,14 +16,16 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from zflash.checks import Failure, check_all
 from zflash.errors import Code, ZflashError
 from zflash.facts import DeviceFacts
-from zflash.package.format import PartitionEntry
+from zflash.package.format import KIND_ZERO, PartitionEntry
 from zflash.package.keys import TrustStore
 from zflash.package.reader import Package
 from zflash.targets.base import Emit, Identity, LinkOptions, Target, bytes_of, zero_blocks
+from zflash.targets.blocks import BlockCheck, PartitionBlocks
 from zflash.targets.registry import open_target
 
 HASH_BATCH = 65536  # blocks per block-hash request (ZDL's maximum)
@@ -88,21 +90,20 @@ def read_device_facts(url: str, options: LinkOptions | None = None) -> DeviceFac
         return target.identify().facts
 
 
-def preflight(package: Package, target: Target, identity: Identity, trust: TrustStore,
-              accept_unverifiable: bool, emit: Emit) -> list[str]:
-    """Every check, for every back-end, before a byte is written; raise with every refusal.
+def host_failures(package: Package, target: Target, identity: Identity,
+                  trust: TrustStore) -> list[Failure]:
+    """Every check but the blocks' hashes, for every back-end, from one function."""
+    failures = check_all(package.head, identity.facts, trust, identity.unreported,
+                         target.capabilities.staging_cache)
+    return failures + target.constraints(package.manifest, identity)
+
+
+def decide(failures: list[Failure], accept_unverifiable: bool, emit: Emit) -> list[str]:
+    """Refuse with every failure at once, before a byte is written.
 
     Mismatches come first (their code is the exit status); unverifiable checks refuse
     unless accepted, and accepted ones are reported (``check_unverified``) and returned.
     """
-    failures = check_all(package.head, identity.facts, trust, identity.unreported,
-                         target.capabilities.staging_cache)
-    failures += target.constraints(package.manifest, identity)
-    if not any(f.check == "signature" for f in failures):
-        try:
-            package.verify(trust)
-        except ZflashError as exc:
-            failures.insert(0, Failure(exc.code, "blocks", exc.detail))
     hard = [f for f in failures if f.code != Code.UNVERIFIABLE]
     open_ = [f for f in failures if f.code == Code.UNVERIFIABLE]
     refused = hard + ([] if accept_unverifiable else open_)
@@ -117,6 +118,11 @@ def preflight(package: Package, target: Target, identity: Identity, trust: Trust
         if check not in touched:
             emit({"event": "check_passed", "check": check})
     return [f.message for f in open_]
+
+
+def _block_failure(error: ZflashError | None) -> list[Failure]:
+    return [] if error is None else [Failure(error.code, "blocks", error.detail,
+                                             cause="blocks")]
 
 
 def flash(url: str, package_path: Path, trust: TrustStore, options: FlashOptions,
@@ -148,17 +154,19 @@ def _run(target: Target, package: Package, trust: TrustStore, options: FlashOpti
     identity = target.identify(manifest)
     emit({"event": "device", "protocol": target.protocol, "facts": identity.facts.to_dict(),
           "unreported": dict(identity.unreported), **identity.extra})
-    # The device hashes what it holds (for delta) while the host checks the package.
+    # The device hashes what it holds (delta) while the host checks the package: each block
+    # the device will be sent is hashed once, on a worker thread (targets/blocks.py).
     probe = _DeltaProbe(target, package, identity.facts) \
         if options.delta and caps.block_hashes else None
     if probe:
         probe.start()
-    if options.skip_host_checks:
-        emit({"event": "checks_skipped"})
-    else:
-        summary.unverified = preflight(package, target, identity, trust,
-                                       options.accept_unverifiable, emit)
-    on_device = probe.finish() if probe else {}
+    check = None if options.skip_host_checks else BlockCheck(package)
+    try:
+        on_device = _check(target, package, identity, trust, options, probe, check,
+                           summary, emit)
+    finally:
+        if check:
+            check.stop()  # nothing may read the package after the job
     start = target.begin(package, identity)
     slotted = any(p.slotted for p in manifest.partitions)
     if slotted and start.slot is not None and start.slot == identity.facts.current_slot:
@@ -173,8 +181,9 @@ def _run(target: Target, package: Package, trust: TrustStore, options: FlashOpti
                 for b in range(first, first + count)}
         candidates = on_device.get(index, set()) - have \
             if start.slot == identity.facts.inactive_slot else set()
-        _write_partition(target, package, index, part, have, candidates, start.slot,
-                         summary, emit)
+        checked = None if check is None else check.checked[part.name]
+        _write_partition(target, PartitionBlocks(package, part, checked), index, have,
+                         candidates, start.slot, summary, emit)
     if options.wipe_userdata:
         target.erase(USERDATA, None)
         emit({"event": "userdata_wiped"})
@@ -195,6 +204,34 @@ def _run(target: Target, package: Package, trust: TrustStore, options: FlashOpti
     return summary
 
 
+def _check(target: Target, package: Package, identity: Identity, trust: TrustStore,
+           options: FlashOptions, probe: "_DeltaProbe | None", check: BlockCheck | None,
+           summary: FlashSummary, emit: Emit) -> dict[int, set[int]]:
+    """Every check, blocks included (each block to be sent hashed once, while the device
+    answers the probe); returns the probe's matches. Raises with every refusal."""
+    manifest = package.manifest
+    if check:
+        probed = probe.partitions if probe else set()
+        check.start((part, _data_blocks(package, part)) for i, part in
+                    enumerate(manifest.partitions) if i not in probed)
+    if options.skip_host_checks:
+        emit({"event": "checks_skipped"})
+        failures: list[Failure] = []
+    else:
+        failures = host_failures(package, target, identity, trust)
+    signature_bad = any(f.check == "signature" for f in failures)
+    on_device = probe.finish() if probe and not signature_bad else {}
+    if check:
+        if not signature_bad:
+            check.start((part, [b for b in _data_blocks(package, part)
+                                if b not in on_device.get(i, set())])
+                        for i, part in enumerate(manifest.partitions)
+                        if probe and i in probe.partitions)
+            failures = _block_failure(check.wait()) + failures
+        summary.unverified = decide(failures, options.accept_unverifiable, emit)
+    return on_device
+
+
 def _refuse_unasked_userdata(package: Package, options: FlashOptions) -> None:
     """DESIGN.md: user data is never touched unless the user asks for it by name."""
     if any(p.name == USERDATA for p in package.manifest.partitions) and \
@@ -203,10 +240,15 @@ def _refuse_unasked_userdata(package: Package, options: FlashOptions) -> None:
                                       "user's data; pass --wipe-userdata to allow it")
 
 
-def _write_partition(target: Target, package: Package, index: int, part: PartitionEntry,
+def _data_blocks(package: Package, part: PartitionEntry) -> list[int]:
+    return [i for i, e in enumerate(package.head.tables[part.name]) if e.kind != KIND_ZERO]
+
+
+def _write_partition(target: Target, blocks: PartitionBlocks, index: int,
                      have: set[int], candidates: set[int], slot: str | None,
                      summary: FlashSummary, emit: Emit) -> None:
-    zero = zero_blocks(package, part)
+    part = blocks.part
+    zero = zero_blocks(blocks.package, part)
     summary.resumed_blocks += len(have - zero)
     summary.zero_blocks += len(zero)
     if candidates:
@@ -224,7 +266,7 @@ def _write_partition(target: Target, package: Package, index: int, part: Partiti
               "wire_bytes": wire_bytes})
 
     started = time.monotonic()
-    written = target.write_partition(package, index, part, slot, have, progress)
+    written = target.write_partition(blocks, index, slot, have, progress)
     summary.sent_bytes += written.sent
     emit({"event": "transferred", "partition": part.name, "bytes": written.sent,
           "pieces": written.pieces, "seconds": round(time.monotonic() - started, 4)})
@@ -241,20 +283,24 @@ class _DeltaProbe:
 
     The first request goes out before the host's own checks and is collected after them, so
     the device hashes its flash while the host hashes the package. Only read-only requests
-    are sent before the checks pass; nothing is written.
+    are sent before the checks pass; nothing is written. Zero blocks of the package are not
+    asked about: the device fills them itself, and only where its flash is not zero already.
     """
 
     def __init__(self, target: Target, package: Package, facts: DeviceFacts) -> None:
         self.target, self.package, self.slot = target, package, facts.inactive_slot
         self.requests: list[tuple[int, PartitionEntry, int, int]] = []
+        #: partition indexes the probe asks about
+        self.partitions: set[int] = set()
         for index, part in enumerate(package.manifest.partitions):
             on_device = facts.partition(part.name)
             if on_device is None or on_device.slotted != part.slotted or \
                     (part.slotted and not self.slot):
                 continue
             blocks = min(part.block_count, -(-on_device.size // part.block_size))
-            for first in range(0, blocks, HASH_BATCH):
-                self.requests.append((index, part, first, min(HASH_BATCH, blocks - first)))
+            self.partitions.add(index)
+            for first, count in _data_runs(package.head.tables[part.name][:blocks]):
+                self.requests.append((index, part, first, count))
         self.found: dict[int, set[int]] = {}
 
     def _ask(self) -> None:
@@ -293,6 +339,23 @@ class _DeltaProbe:
             if self.requests:
                 self._ask()
         return self.found
+
+
+def _data_runs(table: list, gap: int = 16) -> Iterator[tuple[int, int]]:
+    """(first, count) runs covering the blocks that carry data, at most HASH_BATCH long;
+    zero runs shorter than ``gap`` are bridged (one request beats many tiny ones)."""
+    start = end = None
+    for index, entry in enumerate(table):
+        if entry.kind == KIND_ZERO:
+            continue
+        if start is None:
+            start = end = index
+        elif index - end > gap or index - start >= HASH_BATCH:
+            yield start, end - start + 1
+            start = index
+        end = index
+    if start is not None and end is not None:
+        yield start, end - start + 1
 
 
 def backup(url: str, partition: str, slot: str | None, out: Path, emit: Emit,

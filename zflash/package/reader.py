@@ -112,6 +112,20 @@ def decode_block(part: PartitionEntry, index: int, entry: BlockEntry,
     return raw
 
 
+def expand_block(part: PartitionEntry, index: int, entry: BlockEntry,
+                 stored: bytes | memoryview) -> bytes | memoryview:
+    """The raw block from its stored form, without hashing: for a block whose hash was
+    already checked against the table (``decode_block`` once, never twice)."""
+    length = block_length(part, index)
+    if entry.kind == KIND_ZERO:
+        return bytes(length)
+    if entry.kind == KIND_RAW:
+        return stored
+    if entry.kind == KIND_ZLIB:
+        return inflate_bounded(stored, length, part, index)
+    raise malformed(f"{part.name}[{index}]: unknown block kind {entry.kind}")
+
+
 def inflate_bounded(stored: bytes | memoryview, length: int, part: PartitionEntry,
                     index: int) -> bytes:
     """Decompress at most ``length`` bytes: a decompression bomb stops at the bound."""
@@ -180,6 +194,19 @@ class Package:
         data = self._file.read(entry.stored_size)
         if len(data) != entry.stored_size:
             raise malformed(f"{part.name}[{index}]: payload truncated")
+        return data
+
+    def read_stored_at(self, entry: BlockEntry, part: PartitionEntry, index: int) -> bytes:
+        """One block's stored bytes by position, with pread: safe from a second thread while
+        another streams the file (no shared file position)."""
+        fd = self._file.fileno()
+        offset = self.head.header.payload_offset + entry.stored_offset
+        data = os.pread(fd, entry.stored_size, offset)
+        while len(data) < entry.stored_size:
+            more = os.pread(fd, entry.stored_size - len(data), offset + len(data))
+            if not more:
+                raise malformed(f"{part.name}[{index}]: payload truncated")
+            data += more
         return data
 
     def iter_stored(self, part: PartitionEntry) -> Iterator[tuple[int, BlockEntry, bytes]]:

@@ -23,6 +23,7 @@ from zflash.errors import Code, ZflashError
 from zflash.facts import DeviceFacts
 from zflash.package.format import KIND_ZERO, Manifest, PartitionEntry, block_length
 from zflash.package.reader import Package
+from zflash.targets.blocks import PartitionBlocks
 
 Emit = Callable[[dict[str, object]], None]
 #: Called as blocks are confirmed by the device: (image bytes now done, wire bytes).
@@ -166,10 +167,11 @@ class Target(ABC):
         """Start an update after every check passed; nothing is written before this."""
 
     @abstractmethod
-    def write_partition(self, package: Package, index: int, part: PartitionEntry,
-                        slot: str | None, skip: set[int], progress: Progress) -> Written:
-        """Write ``part`` into ``slot`` from the package's verified blocks, leaving out the
-        blocks in ``skip`` (already on the device)."""
+    def write_partition(self, blocks: PartitionBlocks, index: int, slot: str | None,
+                        skip: set[int], progress: Progress) -> Written:
+        """Write ``blocks.part`` into ``slot`` from the package's blocks (each checked
+        against the signed table once, see ``targets.blocks``), leaving out the blocks in
+        ``skip`` (already on the device)."""
 
     def stats(self) -> dict[str, int]:
         """Link counters: ``bytes_sent`` on the wire and ``retransmissions``."""

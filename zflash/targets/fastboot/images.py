@@ -9,8 +9,7 @@ from __future__ import annotations
 import tempfile
 from typing import Iterator
 
-from zflash.package.format import PartitionEntry
-from zflash.package.reader import Package
+from zflash.targets.blocks import PartitionBlocks
 from zflash.package.sparse import SparsePiece, is_sparse, split_sparse, write_sparse
 
 SPARSE_BLOCK_SIZES = (4096, 512)  # the first whose padding still fits the partition
@@ -29,8 +28,8 @@ class _ImageStream:
     """A partition's raw image as a read-only stream, expanded from the package's blocks
     (each checked against the signed table as it is read); memory: one block."""
 
-    def __init__(self, package: Package, part: PartitionEntry) -> None:
-        self._blocks = package.iter_blocks(part)
+    def __init__(self, blocks: PartitionBlocks) -> None:
+        self._blocks = blocks.raw(set())
         self._buf = memoryview(b"")
 
     def _fill(self) -> bool:
@@ -52,7 +51,7 @@ class _ImageStream:
         return data
 
 
-def image_pieces(package: Package, part: PartitionEntry, limit: int,
+def image_pieces(blocks: PartitionBlocks, limit: int,
                  block_size: int) -> Iterator[SparsePiece]:
     """The image of ``part`` as complete sparse pieces of at most ``limit`` bytes.
 
@@ -61,7 +60,8 @@ def image_pieces(package: Package, part: PartitionEntry, limit: int,
     sparse magic is converted through a temporary sparse file, so that it is sent as the
     bytes it is, never reinterpreted as a sparse image.
     """
-    stream = _ImageStream(package, part)
+    part = blocks.part
+    stream = _ImageStream(blocks)
     if not is_sparse(stream.peek(4)):
         yield from split_sparse(stream, limit, block_size=block_size,  # type: ignore[arg-type]
                                 size=part.size)

@@ -12,11 +12,12 @@ from typing import Any
 
 from zflash.checks import Failure
 from zflash.errors import Code, ZflashError
-from zflash.package.format import Manifest, PartitionEntry
+from zflash.package.format import Manifest
 from zflash.package.reader import Package
 from zflash.package.sparse import min_split_size
 from zflash.targets.base import (BootReport, Capabilities, Emit, Identity, Progress, Target,
                                  UpdateStart, Written)
+from zflash.targets.blocks import PartitionBlocks
 from zflash.targets.fastboot.client import FastbootClient
 from zflash.targets.fastboot.facts import (FastbootFacts, read_for_manifest, read_listing)
 from zflash.targets.fastboot.images import SPARSE_BLOCK_SIZES, image_pieces, sparse_block_size
@@ -80,9 +81,10 @@ class FastbootTarget(Target):
         slotted = any(p.slotted for p in package.manifest.partitions)
         return UpdateStart(self.facts.inactive_slot if slotted else None)
 
-    def write_partition(self, package: Package, index: int, part: PartitionEntry,
-                        slot: str | None, skip: set[int], progress: Progress) -> Written:
+    def write_partition(self, blocks: PartitionBlocks, index: int, slot: str | None,
+                        skip: set[int], progress: Progress) -> Written:
         """Every block is sent (fastboot has no delta): ``skip`` must be empty."""
+        part = blocks.part
         if skip:
             raise ZflashError(Code.INTERNAL, "fastboot cannot leave blocks out")
         name = f"{part.name}_{slot}" if part.slotted else part.name
@@ -91,7 +93,7 @@ class FastbootTarget(Target):
         previous, self.client.on_event = self.client.on_event, bar
         sent = pieces = 0
         try:
-            for piece in image_pieces(package, part, self.limit, block_size):
+            for piece in image_pieces(blocks, self.limit, block_size):
                 start = min(piece.start_block * block_size, part.size)
                 bar.piece(min(piece.end_block * block_size, part.size) - start, piece.size)
                 self.client.download(piece.file, piece.size,

@@ -19,6 +19,7 @@ from zflash.protocol.zdl import (CODEC_NONE, CODEC_ZLIB, BeginUpdate, BlockHashe
                                  SetActive, UpdateReady)
 from zflash.targets.base import (BootReport, Capabilities, Emit, Identity, Progress, Target,
                                  UpdateStart, Verification, Written)
+from zflash.targets.blocks import PartitionBlocks
 from zflash.targets.zdl.session import SessionOptions, ZdlSession
 from zflash.transport.base import Transport
 
@@ -80,21 +81,19 @@ class ZdlTarget(Target):
         assert isinstance(ready, UpdateReady)
         return UpdateStart(ready.slot, ready.session, dict(ready.have))
 
-    def write_partition(self, package: Package, index: int, part: PartitionEntry,
-                        slot: str | None, skip: set[int], progress: Progress) -> Written:
+    def write_partition(self, blocks: PartitionBlocks, index: int, slot: str | None,
+                        skip: set[int], progress: Progress) -> Written:
         """Stream the stored blocks with a window in flight; zlib blocks go as they are
         stored when the device offers zlib, else expanded."""
-        session = self.session
+        session, part = self.session, blocks.part
         codec_zlib = "zlib" in (session.session.codecs if session.session else ())
         raw_lengths: deque[int] = deque()  # image bytes of each block in flight, in order
         acked_blocks = session.engine.blocks_acked
         sent = pieces = 0
 
-        def blocks() -> Iterator[tuple[int, int, int, bytes]]:
+        def frames() -> Iterator[tuple[int, int, int, bytes]]:
             nonlocal sent, pieces
-            for block, entry, stored in package.iter_stored(part):
-                if block in skip:
-                    continue
+            for block, entry, stored in blocks.stored(skip):
                 raw_lengths.append(block_length(part, block))
                 if entry.kind == KIND_ZLIB and not codec_zlib:
                     stored = zlib.decompress(stored)
@@ -112,7 +111,7 @@ class ZdlTarget(Target):
             acked_blocks = now
             progress(done, wire_bytes)
 
-        session.write_blocks(blocks(), on_acked)
+        session.write_blocks(frames(), on_acked)
         return Written(sent, pieces)
 
     def verify_partition(self, index: int, part: PartitionEntry,

@@ -1,0 +1,66 @@
+"""Cheap facts about blocks on the emulated flash: holes, zeros, remembered hashes.
+
+Why: the delta probe and KEEP_BLOCKS must not cost a hash pass over data that is known to be
+zero (a partition file's holes, an erased region) or that the device hashed moments ago.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_ZEROS = bytes(1 << 20)
+
+
+def has_no_data(fd: int, offset: int, length: int) -> bool:
+    """True when ``offset..offset+length`` of the file is a hole (reads as zeros) or lies
+    past its end; asked of the file system (SEEK_DATA), not by reading."""
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA) >= offset + length
+    except OSError:
+        return True  # ENXIO: no data at or after offset
+    except AttributeError:  # pragma: no cover - platforms without SEEK_DATA
+        return False
+
+
+def is_zero_bytes(data: bytes | memoryview) -> bool:
+    """All zero (a memory compare, several times faster than hashing)."""
+    view = memoryview(data)
+    for start in range(0, len(view), len(_ZEROS)):
+        piece = view[start:start + len(_ZEROS)]
+        if piece != _ZEROS[:len(piece)]:
+            return False
+    return True
+
+
+def is_zero(fd: int, offset: int, length: int) -> bool:
+    """The region already reads as zeros (so a zero block need not be written)."""
+    return has_no_data(fd, offset, length) or is_zero_bytes(os.pread(fd, length, offset))
+
+
+class BlockHashCache:
+    """Digests the device computed per (file, block size), valid while the file is unchanged
+    (same size and modification time) and until the device writes it (``forget``)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, int], tuple[tuple[int, int], dict[int, bytes]]] = {}
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int]:
+        try:
+            info = os.stat(path)
+        except OSError:
+            return (-1, -1)
+        return (info.st_mtime_ns, info.st_size)
+
+    def get(self, path: Path, block_size: int) -> dict[int, bytes]:
+        """The (mutable) digests of ``path``; empty after any change to the file."""
+        key, stamp = (str(path), block_size), self._stamp(path)
+        entry = self._entries.get(key)
+        if entry is None or entry[0] != stamp:
+            entry = self._entries[key] = (stamp, {})
+        return entry[1]
+
+    def forget(self, path: Path) -> None:
+        for key in [k for k in self._entries if k[0] == str(path)]:
+            del self._entries[key]

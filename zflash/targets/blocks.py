@@ -1,0 +1,121 @@
+"""The package's blocks as a back-end receives them: each checked against the signed table
+exactly once before it leaves the host.
+
+Why: the host promises that a corrupt package is refused before anything is written, and it
+should pay for that promise once. :class:`BlockCheck` hashes, on a worker thread, the blocks
+that will be sent (while the device hashes its flash for the delta probe); a back-end then
+reads them through :class:`PartitionBlocks`, which re-checks only a block that was not checked
+before (a block the device was expected to keep but did not), and never hashes one twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterable, Iterator
+
+from zflash.errors import ZflashError
+from zflash.package.format import KIND_ZERO, BlockEntry, PartitionEntry, block_length
+from zflash.package.reader import Package, decode_block, expand_block
+
+
+def read_stored(package: Package, part: PartitionEntry, index: int) -> bytes:
+    """One block's stored bytes by position (os.pread: safe beside another reader)."""
+    entry = package.head.tables[part.name][index]
+    if entry.kind == KIND_ZERO:
+        return b""
+    return package.read_stored_at(entry, part, index)
+
+
+class BlockCheck:
+    """Checks named blocks of a package against the signed table on a worker thread."""
+
+    def __init__(self, package: Package) -> None:
+        self.package = package
+        self.checked: dict[str, set[int]] = {p.name: set() for p in package.manifest.partitions}
+        self.failure: ZflashError | None = None
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+
+    def start(self, work: Iterable[tuple[PartitionEntry, list[int]]]) -> None:
+        """Begin checking ``work`` (partition, block indexes); returns at once."""
+        items = list(work)
+        if not items:
+            return
+        thread = threading.Thread(target=self._run, args=(items,), daemon=True,
+                                  name="zflash-block-check")
+        self._threads.append(thread)
+        thread.start()
+
+    def _run(self, items: list[tuple[PartitionEntry, list[int]]]) -> None:
+        for part, indexes in items:
+            table = self.package.head.tables[part.name]
+            done = self.checked[part.name]
+            for index in indexes:
+                if self.failure is not None or self._stop.is_set():
+                    return
+                entry = table[index]
+                try:
+                    decode_block(part, index, entry, read_stored(self.package, part, index))
+                except ZflashError as exc:
+                    self.failure = exc
+                    return
+                done.add(index)
+
+    def wait(self) -> ZflashError | None:
+        """Wait for every started check; the first corrupt block found, or None."""
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
+        return self.failure
+
+    def stop(self) -> None:
+        """Abandon what is left (the job ended early) and wait for the worker to let go of
+        the package file."""
+        self._stop.set()
+        self.wait()
+
+
+class PartitionBlocks:
+    """One partition's blocks for a back-end. ``checked`` holds the indexes already checked
+    against the table (None: trust every block, for a device that checks each itself)."""
+
+    def __init__(self, package: Package, part: PartitionEntry,
+                 checked: set[int] | None) -> None:
+        self.package, self.part, self.checked = package, part, checked
+        self.table: list[BlockEntry] = package.head.tables[part.name]
+
+    def _needs_check(self, index: int) -> bool:
+        return self.checked is not None and index not in self.checked
+
+    def stored(self, skip: set[int]) -> Iterator[tuple[int, BlockEntry, bytes]]:
+        """(index, table entry, stored bytes) of every block not in ``skip``, in order."""
+        for index, entry, data in self.package.iter_stored(self.part):
+            if index in skip:
+                continue
+            if self._needs_check(index):
+                decode_block(self.part, index, entry, data)
+                self.checked.add(index)  # type: ignore[union-attr]
+            yield index, entry, data
+
+    def raw(self, skip: set[int]) -> Iterator[tuple[int, bytes | memoryview]]:
+        """(index, raw bytes) of every block not in ``skip``, decoded once, hashed only if
+        not checked before."""
+        for index, entry, data in self.stored_unchecked(skip):
+            if self._needs_check(index):
+                raw = decode_block(self.part, index, entry, data)
+                self.checked.add(index)  # type: ignore[union-attr]
+            else:
+                raw = expand_block(self.part, index, entry, data)
+            yield index, raw
+
+    def stored_unchecked(self, skip: set[int]) -> Iterator[tuple[int, BlockEntry, bytes]]:
+        for index, entry, data in self.package.iter_stored(self.part):
+            if index not in skip:
+                yield index, entry, data
+
+    def to_send(self, skip: set[int]) -> list[int]:
+        """Indexes of the blocks that carry data and are not in ``skip``."""
+        return [i for i, e in enumerate(self.table) if e.kind != KIND_ZERO and i not in skip]
+
+    def length(self, index: int) -> int:
+        return block_length(self.part, index)
