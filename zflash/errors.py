@@ -42,6 +42,7 @@ class Code(IntEnum):
     SLOT = 9032
     NO_SUCH_PARTITION = 9033
     DEVICE_REFUSED = 9034
+    SERIAL_SERVER = 9035
     COMPATIBILITY = 9040
     UNVERIFIABLE = 9045
     TLS_PIN = 9050
@@ -121,6 +122,10 @@ _ROWS: tuple[tuple[Code, str, str], ...] = (
      "Check the partition name against `zflash info`."),
     (Code.DEVICE_REFUSED, "The device refused the command",
      "Read the device's message above; check the device is unlocked for this operation."),
+    (Code.SERIAL_SERVER, "The network serial server refused the connection or the RFC 2217 "
+     "negotiation",
+     "Check the server's host, port and that it runs; ser2net serves RFC 2217 with "
+     "`accepter: telnet(rfc2217),tcp,PORT`; for a raw TCP port use socket://HOST:PORT."),
     (Code.COMPATIBILITY, "Baseband mismatch",
      "Firmware is for wrong hardware revision."),
     (Code.UNVERIFIABLE, "A check cannot be verified because the device does not report the fact",
