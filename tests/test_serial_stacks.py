@@ -5,7 +5,11 @@ that make them work (large reads on every pyserial URL, rfc2217 defaults, true m
 from __future__ import annotations
 
 import hashlib
+import signal
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +19,7 @@ from emulator_helpers import GOOD, demo_profile, image_sha256, partition_prefix_
 from serial_peers import free_port, ser2net, socat
 from test_flash_e2e import TRUST, zflash
 from zflash.emulator.link import TcpListener
-from zflash.emulator.runner import EmulatorRunner
+from zflash.emulator.runner import EmulatorRunner, LinkFaults
 from zflash.errors import Code, ZflashError
 from zflash.transport import open_transport, parse_device_url
 from zflash.transport.serial import pyserial_target
@@ -158,3 +162,45 @@ def test_plain_rfc2217_url_to_ser2net_connects(pty_device, through, tmp_path: Pa
     result = zflash("info", "-d", url, "--json", timeout=30)
     assert result.returncode == 0, result.stderr
     assert '"zx-demo"' in result.stdout
+
+
+# ------------------------------------------------------------------ the pty's name
+
+def wait_for(predicate, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@posix_only
+def test_pty_keeps_its_name_when_the_device_gives_up_on_a_host(tmp_path: Path) -> None:
+    """A host that stops reading (SIGSTOP mid-backup) with the port open: the device ends
+    the session after its write timeout; the pty, and so the printed URL, must stay."""
+    ended = threading.Event()
+    runner = EmulatorRunner(tmp_path / "dev", demo_profile(),
+                            faults=LinkFaults(bytes_per_second=200_000),
+                            log=lambda message: ended.set() if "session ended" in message
+                            else None)
+    try:
+        url = runner.start_pty(write_timeout=0.5)
+        out = tmp_path / "system.bin"
+        host = subprocess.Popen([sys.executable, "-m", "zflash", "backup", "system", "-d", url,
+                                 "-o", str(out), "--slot", "a"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            part = out.with_name(f".{out.name}.part")
+            assert wait_for(lambda: part.exists() and part.stat().st_size > 0)
+            host.send_signal(signal.SIGSTOP)
+            assert ended.wait(15), "the device never gave up on the stopped host"
+        finally:
+            host.kill()
+            host.wait(10)
+        assert runner.urls == [url]
+        result = zflash("info", "-d", url, "--json", timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert '"zx-demo"' in result.stdout
+    finally:
+        runner.stop()
