@@ -5,6 +5,7 @@ that make them work (large reads on every pyserial URL, rfc2217 defaults, true m
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 import subprocess
 import sys
@@ -204,3 +205,59 @@ def test_pty_keeps_its_name_when_the_device_gives_up_on_a_host(tmp_path: Path) -
         assert '"zx-demo"' in result.stdout
     finally:
         runner.stop()
+
+
+# ------------------------------------------------------------------ one device, many links
+
+@pytest.fixture
+def three_links(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """One emulated device on a pty, ZDL over TCP and fastboot over TCP."""
+    runner = EmulatorRunner(tmp_path / "dev", demo_profile())
+    try:
+        pty = runner.start_pty()
+        tcp = runner.start_tcp(0)
+        fastboot = runner.start_fastboot_tcp(0)
+        yield runner, pty, tcp, fastboot
+    finally:
+        runner.stop()
+
+
+@posix_only
+def test_an_idle_program_on_the_pty_locks_nobody_out(three_links) -> None:
+    """A terminal (or an idle ser2net) holding the pty open is not a ZDL session."""
+    _, pty, tcp, fastboot = three_links
+    idle = os.open(pty.removeprefix("serial://"), os.O_RDWR | os.O_NOCTTY)
+    try:
+        time.sleep(0.3)  # the device has seen the pty opened
+        result = zflash("info", "-d", tcp, "--json", timeout=30)
+        assert result.returncode == 0, result.stderr
+        binary = require_tool("fastboot")
+        port = fastboot.rsplit(":", 1)[1]
+        got = subprocess.run([binary, "-s", f"tcp:127.0.0.1:{port}", "getvar", "product"],
+                             capture_output=True, text=True, timeout=30)
+        assert got.returncode == 0 and "zx-demo" in got.stderr, got.stderr
+    finally:
+        os.close(idle)
+
+
+@posix_only
+def test_a_second_host_is_told_busy_not_left_waiting(three_links) -> None:
+    """While a ZDL host is in a session on the pty, stock fastboot gets FAIL and ZDL over
+    TCP gets ERROR 9034, each naming the busy device; neither hangs."""
+    from zflash.targets.zdl.session import ZdlSession
+    _, pty, tcp, fastboot = three_links
+    with open_transport(pty, timeout=2) as transport:
+        ZdlSession(transport).connect()
+        binary = require_tool("fastboot")
+        port = fastboot.rsplit(":", 1)[1]
+        try:
+            got = subprocess.run([binary, "-s", f"tcp:127.0.0.1:{port}", "getvar", "product"],
+                                 capture_output=True, text=True, timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("stock fastboot hung on a device busy with another host")
+        # stock fastboot's getvar prints the FAIL and still exits 0
+        assert "FAILED (remote: 'device busy" in got.stderr, got.stderr
+        result = zflash("info", "-d", tcp, timeout=30)
+        assert result.returncode == 34 and "device busy" in result.stderr, result.stderr
+    # the session ended with the port: the others get the device again
+    assert zflash("info", "-d", tcp, timeout=30).returncode == 0

@@ -132,8 +132,10 @@ class EmulatedDevice:
                  on_power_loss: Callable[[], None] | None = None) -> None:
         self.storage = storage
         #: one host session at a time, whatever the protocol or link (a real device is in one
-        #: mode, talking to one host); servers hold it for a whole session
+        #: mode, talking to one host); servers hold it for a whole session, taken with
+        #: `try_enter` so that a second host is told "busy" rather than left waiting
         self.lock = threading.RLock()
+        self.holder: str | None = None
         self.session: UpdateSession | None = None
         self.fail_next_boot = False
         self.power_loss_at = power_loss_at
@@ -366,6 +368,23 @@ class EmulatedDevice:
             session.close()
             self.session = None
             self.storage.clear_staging()
+
+    def try_enter(self, who: str) -> bool:
+        """Start a host session now if no other host is in one (``who`` names it)."""
+        if not self.lock.acquire(blocking=False):
+            return False
+        self.holder = who
+        return True
+
+    def leave(self) -> None:
+        """End the session `try_enter` started."""
+        self.holder = None
+        self.lock.release()
+
+    def busy_reason(self) -> str:
+        """What a refused host is told."""
+        return (f"device busy: another host ({self.holder or 'unknown link'}) is in a session "
+                "with it; retry when that session ends")
 
     def host_left(self) -> None:
         """The host disconnected: make the journal durable; the session resumes later."""
