@@ -29,6 +29,8 @@ PROTOCOL_VERSION = 1
 SET_ACTIVE_TRIES = 6
 SYNC_EVERY_BLOCKS = 256
 READ_CHUNK = 256 << 10
+#: seconds a new host session waits for one whose link is gone (see try_enter)
+SESSION_GRACE = 2.0
 
 
 class DeviceRefusal(ZflashError):
@@ -136,6 +138,7 @@ class EmulatedDevice:
         #: `try_enter` so that a second host is told "busy" rather than left waiting
         self.lock = threading.RLock()
         self.holder: str | None = None
+        self._holder_alive: Callable[[], bool] | None = None
         self.session: UpdateSession | None = None
         self.fail_next_boot = False
         self.power_loss_at = power_loss_at
@@ -369,16 +372,21 @@ class EmulatedDevice:
             self.session = None
             self.storage.clear_staging()
 
-    def try_enter(self, who: str) -> bool:
-        """Start a host session now if no other host is in one (``who`` names it)."""
+    def try_enter(self, who: str, alive: Callable[[], bool] | None = None) -> bool:
+        """Start a host session if no other host is in one (``who`` names it, ``alive``
+        says whether its link still works). A holder whose link is gone (a replug before its
+        server noticed) is waited for, up to SESSION_GRACE s; a live one is refused at once."""
         if not self.lock.acquire(blocking=False):
-            return False
-        self.holder = who
+            holder_alive = self._holder_alive
+            if holder_alive is None or holder_alive() or \
+                    not self.lock.acquire(timeout=SESSION_GRACE):
+                return False
+        self.holder, self._holder_alive = who, alive
         return True
 
     def leave(self) -> None:
         """End the session `try_enter` started."""
-        self.holder = None
+        self.holder, self._holder_alive = None, None
         self.lock.release()
 
     def busy_reason(self) -> str:

@@ -52,7 +52,7 @@ class ZdlServer:
         back to the rate the session started at.
         """
         stop = stop or threading.Event()
-        gate = _SessionGate(self.device, getattr(conn, "description", "a link"))
+        gate = _SessionGate(self.device, conn)
         engine = DeviceEngine(max_data=self.options.max_data, window=self.options.window,
                               bauds=self.options.bauds, admit=gate.admit)
         ping_deadline: float | None = None
@@ -169,13 +169,15 @@ class _SessionGate:
     or fastboot) is refused at once with ERROR 9034 "device busy", not left waiting.
     """
 
-    def __init__(self, device: EmulatedDevice, where: str) -> None:
+    def __init__(self, device: EmulatedDevice, conn: DeviceConnection) -> None:
         self._device = device
-        self._where = where
+        self._conn = conn
+        self._where = getattr(conn, "description", "a link")
         self._held = False
 
     def admit(self) -> tuple[int, str] | None:
-        if self._held or self._device.try_enter(f"ZDL over {self._where}"):
+        if self._held or self._device.try_enter(f"ZDL over {self._where}",
+                                                 alive=lambda: self._conn.alive):
             self._held = True
             return None
         return (Code.DEVICE_REFUSED, self._device.busy_reason())
