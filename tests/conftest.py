@@ -19,16 +19,18 @@ SIGNING_PUB = SAMPLES / "keys" / "zx-demo-TEST-ONLY-signing.pub.pem"
 UNTRUSTED_KEY = SAMPLES / "keys" / "zx-demo-TEST-ONLY-untrusted.pem"
 
 
-_DEBIAN_PACKAGES = {"sgdisk": "gdisk", "gdisk": "gdisk"}
+#: The Debian package that installs each interop peer (.ci/run installs them all).
+TOOL_PACKAGES = {"img2simg": "android-sdk-libsparse-utils",
+                 "simg2img": "android-sdk-libsparse-utils", "fastboot": "fastboot",
+                 "ser2net": "ser2net", "socat": "socat", "sgdisk": "gdisk", "gdisk": "gdisk"}
 
 
 def require_tool(name: str) -> str:
     """Path of an interop peer; skip (saying why) when missing, fail in CI where it must exist."""
-    path = shutil.which(name)
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if path:
         return path
-    package = _DEBIAN_PACKAGES.get(name, "android-sdk-libsparse-utils / fastboot")
-    message = f"{name} not installed (Debian: {package})"
+    message = f"{name} not installed (Debian: apt-get install {TOOL_PACKAGES.get(name, name)})"
     if os.environ.get("ZFLASH_REQUIRE_PEERS"):
         pytest.fail(f"{message}, but ZFLASH_REQUIRE_PEERS is set (CI installs it)")
     pytest.skip(message)

@@ -50,6 +50,7 @@ class Code(IntEnum):
     DEVICE_REFUSED = 9034
     PORT_BUSY = 9035
     NOT_SUPPORTED = 9036
+    SERIAL_SERVER = 9037
     COMPATIBILITY = 9040
     IMAGE_TOO_LARGE = 9041
     UNVERIFIABLE = 9045
@@ -144,6 +145,10 @@ _ROWS: tuple[tuple[Code, str, str], ...] = (
      "and run the command again."),
     (Code.NOT_SUPPORTED, "The device's download mode cannot do this operation",
      "Use a download mode that offers it (`zflash info` shows the mode and what it can do)."),
+    (Code.SERIAL_SERVER, "The network serial server refused the connection or the RFC 2217 "
+     "negotiation",
+     "Check the server's host, port and that it runs; ser2net serves RFC 2217 with "
+     "`accepter: telnet(rfc2217),tcp,PORT`; for a raw TCP port use socket://HOST:PORT."),
     (Code.COMPATIBILITY, "Baseband mismatch",
      "Firmware is for wrong hardware revision."),
     (Code.IMAGE_TOO_LARGE, "An image is too large for its partition",

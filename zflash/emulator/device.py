@@ -31,6 +31,8 @@ SET_ACTIVE_TRIES = 6
 SYNC_EVERY_BLOCKS = 256
 READ_CHUNK = 256 << 10
 ALIVE_EVERY_BLOCKS = 1024  # long operations report progress this often (keep-alive)
+#: seconds a new host session waits for one whose link is gone (see try_enter)
+SESSION_GRACE = 2.0
 
 
 class DeviceRefusal(ZflashError):
@@ -134,8 +136,11 @@ class EmulatedDevice:
                  on_power_loss: Callable[[], None] | None = None) -> None:
         self.storage = storage
         #: one host session at a time, whatever the protocol or link (a real device is in one
-        #: mode, talking to one host); servers hold it for a whole session
+        #: mode, talking to one host); servers hold it for a whole session, taken with
+        #: `try_enter` so that a second host is told "busy" rather than left waiting
         self.lock = threading.RLock()
+        self.holder: str | None = None
+        self._holder_alive: Callable[[], bool] | None = None
         self.session: UpdateSession | None = None
         self.fail_next_boot = False
         self.power_loss_at = power_loss_at
@@ -396,6 +401,28 @@ class EmulatedDevice:
             session.close()
             self.session = None
             self.storage.clear_staging()
+
+    def try_enter(self, who: str, alive: Callable[[], bool] | None = None) -> bool:
+        """Start a host session if no other host is in one (``who`` names it, ``alive``
+        says whether its link still works). A holder whose link is gone (a replug before its
+        server noticed) is waited for, up to SESSION_GRACE s; a live one is refused at once."""
+        if not self.lock.acquire(blocking=False):
+            holder_alive = self._holder_alive
+            if holder_alive is None or holder_alive() or \
+                    not self.lock.acquire(timeout=SESSION_GRACE):
+                return False
+        self.holder, self._holder_alive = who, alive
+        return True
+
+    def leave(self) -> None:
+        """End the session `try_enter` started."""
+        self.holder, self._holder_alive = None, None
+        self.lock.release()
+
+    def busy_reason(self) -> str:
+        """What a refused host is told."""
+        return (f"device busy: another host ({self.holder or 'unknown link'}) is in a session "
+                "with it; retry when that session ends")
 
     def host_left(self) -> None:
         """The host disconnected: make the journal durable; the session resumes later."""

@@ -37,11 +37,13 @@ from zflash.emulator.link import DeviceConnection, HostDisconnected
 from zflash.emulator.storage import SLOTS
 from zflash.errors import Code, ZflashError
 from zflash.package.sparse import is_sparse
-from zflash.protocol.fastboot.constants import DEFAULT_TCP_PORT, TCP_HANDSHAKE_TIMEOUT
+from zflash.protocol.fastboot.constants import (DEFAULT_TCP_PORT, FAIL, MAX_MESSAGE,
+                                                TCP_HANDSHAKE_TIMEOUT)
 from zflash.protocol.fastboot.device import DeviceEngine
 from zflash.protocol.fastboot.events import (Command, DownloadData, DownloadDone, Malformed)
 from zflash.protocol.fastboot.tcp import TcpFraming, encode_message, handshake, message_header
 from zflash.protocol.fastboot.values import format_size, parse_slot
+from zflash.protocol.fastboot.wire import encode_response
 
 log = logging.getLogger(__name__)
 
@@ -383,14 +385,38 @@ def serve_fastboot_tcp(device: EmulatedDevice, port: int = DEFAULT_TCP_PORT,
             on_listening(listener.getsockname()[1])
         while not stop.is_set():
             try:
-                conn, _ = listener.accept()
+                conn, peer = listener.accept()
             except TimeoutError:
                 continue
-            with conn, device.lock:  # one host session at a time, ZDL or fastboot
-                _serve_connection(conn, FastbootSession(device, options), stop)
+            with conn:  # one host session at a time, ZDL or fastboot; a second is told so
+                if not device.try_enter(f"fastboot over TCP from {peer[0]}:{peer[1]}"):
+                    _serve_connection(conn, BusySession(device.busy_reason()), stop)
+                    continue
+                try:
+                    _serve_connection(conn, FastbootSession(device, options), stop)
+                finally:
+                    device.leave()
 
 
-def _serve_connection(conn: socket.socket, session: FastbootSession,
+class BusySession:
+    """Stands in for a `FastbootSession` while another host holds the device: the first
+    command gets FAIL with the reason (stock fastboot prints it and exits), then the
+    connection ends, rather than a client left waiting on a lock."""
+
+    def __init__(self, reason: str) -> None:
+        self._reason = reason
+        self.closed = False
+
+    def receive(self, data: bytes | memoryview, end: bool = True) -> Iterator[bytes]:
+        if end and not self.closed:
+            self.closed = True
+            yield encode_response(FAIL, self._reason[:MAX_MESSAGE])
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _serve_connection(conn: socket.socket, session: FastbootSession | BusySession,
                       stop: threading.Event) -> None:
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     framing = TcpFraming()

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from zflash.emulator.device import EmulatedDevice, PowerLoss
-from zflash.emulator.link import DeviceConnection, FaultyLink, PtyLink, ShapedLink, TcpListener
+from zflash.emulator.link import (DeviceConnection, FaultyLink, PtyConnection, PtyLink,
+                                  ShapedLink, TcpListener)
 from zflash.emulator.storage import Profile, Storage
 from zflash.emulator.zdl_server import ServerOptions, ZdlServer
 from zflash.errors import Code, ZflashError
@@ -81,6 +82,14 @@ class SerialLine:
 
     def close(self) -> None:
         self.inner.close()
+
+
+def _end_session(conn: DeviceConnection) -> None:
+    """After a session: a pty keeps its name (``end``), a TCP connection is dropped."""
+    if isinstance(conn, PtyConnection):
+        conn.end()
+    else:
+        conn.close()
 
 
 def load_profile(path: Path | None, trusted_key_files: list[Path]) -> Profile:
@@ -154,10 +163,14 @@ class EmulatorRunner:
             except ZflashError as exc:
                 self.log(f"session ended: {exc}")
             finally:
-                conn.close()
+                _end_session(conn)
 
-    def start_pty(self, link_path: str | None = None) -> str:
-        pty = PtyLink(link_path)
+    def start_pty(self, link_path: str | None = None, *,
+                  write_timeout: float | None = None) -> str:
+        """Serve on a pty; its name (the URL) holds for the runner's life (see PtyLink).
+        ``write_timeout``: how long the device waits for a host that stopped reading."""
+        pty = PtyLink(link_path) if write_timeout is None else \
+            PtyLink(link_path, write_timeout=write_timeout)
         self._closers.append(pty.close)
         self._start(pty.accept)
         self.urls.append(pty.url)

@@ -52,42 +52,42 @@ class ZdlServer:
         back to the rate the session started at.
         """
         stop = stop or threading.Event()
+        gate = _SessionGate(self.device, conn)
         engine = DeviceEngine(max_data=self.options.max_data, window=self.options.window,
-                              bauds=self.options.bauds)
+                              bauds=self.options.bauds, admit=gate.admit)
         ping_deadline: float | None = None
-        with self.device.lock:  # one host at a time per device, as on a real USB port
-            try:
-                while not stop.is_set():
-                    try:
-                        data = conn.read(READ_SIZE, timeout=POLL)
-                    except HostDisconnected:
-                        break
-                    except ZflashError as exc:
-                        if exc.code != Code.TIMEOUT:
-                            raise
-                        if ping_deadline is not None and time.monotonic() > ping_deadline:
-                            ping_deadline = None
-                            if engine.ping_timeout() and set_baud:
-                                set_baud(0)
-                        self._write(conn, engine.data_to_send())
-                        continue
-                    for event in engine.receive_data(data):
-                        if isinstance(event, SwitchBaud):
-                            self._write(conn, engine.data_to_send())
-                            if set_baud:
-                                set_baud(event.baud)
-                            ping_deadline = time.monotonic() + PING_WAIT
-                        else:
-                            self._write(conn, self._handle(engine, event))
+        try:
+            while not stop.is_set():
+                try:
+                    data = conn.read(READ_SIZE, timeout=POLL)
+                except HostDisconnected:
+                    break
+                except ZflashError as exc:
+                    if exc.code != Code.TIMEOUT:
+                        raise
+                    if ping_deadline is not None and time.monotonic() > ping_deadline:
+                        ping_deadline = None
+                        if engine.ping_timeout() and set_baud:
+                            set_baud(0)
                     self._write(conn, engine.data_to_send())
-            except HostDisconnected:
-                pass
-            except PowerLoss:
-                self._log("power lost")
-                conn.close()
-                raise
-            finally:
-                self.device.host_left()
+                    continue
+                for event in engine.receive_data(data):
+                    if isinstance(event, SwitchBaud):
+                        self._write(conn, engine.data_to_send())
+                        if set_baud:
+                            set_baud(event.baud)
+                        ping_deadline = time.monotonic() + PING_WAIT
+                    else:
+                        self._write(conn, self._handle(engine, event))
+                self._write(conn, engine.data_to_send())
+        except HostDisconnected:
+            pass
+        except PowerLoss:
+            self._log("power lost")
+            conn.close()
+            raise
+        finally:
+            gate.leave()
 
     @staticmethod
     def _write(conn: DeviceConnection, frames: list[bytes]) -> None:
@@ -159,6 +159,36 @@ class ZdlServer:
                 offset += len(part)
         frames += engine.respond(Done(request.length, digest.hexdigest()))
         return frames
+
+
+class _SessionGate:
+    """The device lock, taken when a host's HELLO is accepted and held until it leaves.
+
+    A program that merely holds the port open (a terminal, an idle ser2net) is no session
+    and locks nobody out; a HELLO while another host is in a session (ZDL on another link,
+    or fastboot) is refused at once with ERROR 9034 "device busy", not left waiting.
+    """
+
+    def __init__(self, device: EmulatedDevice, conn: DeviceConnection) -> None:
+        self._device = device
+        self._conn = conn
+        self._where = getattr(conn, "description", "a link")
+        self._held = False
+
+    def admit(self) -> tuple[int, str] | None:
+        if self._held or self._device.try_enter(f"ZDL over {self._where}",
+                                                 alive=lambda: self._conn.alive):
+            self._held = True
+            return None
+        return (Code.DEVICE_REFUSED, self._device.busy_reason())
+
+    def leave(self) -> None:
+        if self._held:
+            self._held = False
+            try:
+                self._device.host_left()
+            finally:
+                self._device.leave()
 
 
 def engine_max_data(engine: DeviceEngine) -> int:

@@ -3,11 +3,18 @@
 Everything goes through ``serial.serial_for_url`` so that ``rfc2217://``, ``socket://``,
 ``spy://`` and ``loop://`` work unchanged (a port shared by ser2net or a board farm).
 
-Reads: on a local POSIX port zflash waits on the file descriptor itself and reads with a
-zero pyserial timeout, because changing pyserial's ``timeout`` reconfigures the port (a
-``tcsetattr``, or a network round trip for rfc2217) and a protocol changes its timeout on
-almost every read. Elsewhere pyserial's timeout stays fixed at a short slice and a read
-loops until its own deadline.
+Reads are large on every handler, because a ZDL backup streams megabytes and a Python call
+per byte caps the link at a few KiB/s. Where the port has a file descriptor (a local POSIX
+port, ``spy://``, and ``socket://``, whose ``in_waiting`` only says 0 or 1) zflash waits on
+the descriptor itself and reads whatever is there with a zero pyserial timeout; changing
+pyserial's ``timeout`` per read would reconfigure the port (a ``tcsetattr``). Handlers
+without one (``rfc2217://``, ``loop://``) buffer in a queue whose ``in_waiting`` is exact:
+zflash blocks for the first byte with a short fixed pyserial timeout, then takes everything
+queued in one call.
+
+``rfc2217://`` gets pyserial's ``ign_set_control`` option unless the URL has it: ser2net
+in front of a port without modem lines (a pty, many USB bridges) never answers SET_CONTROL,
+and pyserial would otherwise fail the open after its 3 s network timeout (DECISIONS D60).
 
 Writes go out in chunks small enough to drain within ``write_timeout`` at the current baud
 rate, so the timeout means "no progress", not "the whole image in N seconds".
@@ -21,6 +28,7 @@ import queue
 import time
 
 import serial
+from serial.urlhandler.protocol_socket import Serial as _SocketSerial
 
 from zflash.errors import Code, ZflashError
 from zflash.transport.base import (
@@ -69,6 +77,55 @@ def classify_open_error(exc: BaseException, where: str) -> ZflashError:
     return ZflashError(Code.DEVICE_NOT_FOUND, f"cannot open {where}: {text}")
 
 
+#: Pass-through schemes that reach a server over the network (ser2net, socat, a board farm).
+_NETWORK_SCHEMES = frozenset({"rfc2217", "socket"})
+#: pyserial's rfc2217 options zflash adds when the URL does not give them (see module doc).
+_RFC2217_DEFAULTS = ("ign_set_control",)
+
+
+def pyserial_target(url: DeviceUrl) -> str:
+    """The string handed to ``serial_for_url``: the local port, or the pass-through URL
+    with zflash's rfc2217 defaults added (options the user gave are kept as given)."""
+    if not url.is_passthrough:
+        return url.path
+    if url.scheme != "rfc2217":
+        return url.raw
+    base, _, query = url.raw.partition("?")
+    options = [option for option in query.split("&") if option]
+    given = {option.split("=", 1)[0] for option in options}
+    options += [name for name in _RFC2217_DEFAULTS if name not in given]
+    return f"{base}?{'&'.join(options)}"
+
+
+def _has_fd(port: serial.SerialBase) -> bool:
+    """True when zflash can wait on the port's descriptor: a local POSIX port (spy:// is
+    one too) or pyserial's socket:// handler (select works on sockets everywhere)."""
+    if isinstance(port, _SocketSerial):
+        return True
+    return os.name == "posix" and isinstance(port, serial.Serial)
+
+
+def classify_network_error(exc: BaseException, url: DeviceUrl) -> ZflashError:
+    """What opening an rfc2217:// or socket:// URL raised, said as what went wrong with the
+    server: nothing listening, no RFC 2217 answer (a raw TCP port), or a bad URL."""
+    text = str(exc)
+    lowered = text.lower()
+    if isinstance(exc, ValueError) or "expected a string in the form" in lowered:
+        return ZflashError(Code.BAD_DEVICE_URL, f"{url}: {text}")
+    if "refused" in lowered:
+        return ZflashError(Code.SERIAL_SERVER,
+                           f"{url}: nothing accepts connections there (connection refused); "
+                           "is the serial server (ser2net, socat) running on that port?")
+    if "waiting for option" in lowered or "does not seem to support rfc2217" in lowered:
+        return ZflashError(Code.SERIAL_SERVER,
+                           f"{url}: the server accepted the connection but did not complete "
+                           f"the RFC 2217 negotiation ({text}); it is probably a raw TCP "
+                           "port: open it as socket:// instead")
+    if "timed out" in lowered:
+        return ZflashError(Code.SERIAL_SERVER, f"{url}: no answer from the server ({text})")
+    return ZflashError(Code.SERIAL_SERVER, f"{url}: cannot connect: {text}")
+
+
 def _chunk_size(baud: int, write_timeout: float) -> int:
     """Bytes that drain in half the write timeout at ``baud`` (10 bits a byte on the wire)."""
     size = int(baud / 10 * write_timeout / 2)
@@ -84,28 +141,26 @@ class SerialTransport(Transport):
         self._port = port
         self._url = url
         self._write_timeout = write_timeout
-        self._fd: int | None = None
-        if os.name == "posix" and isinstance(port, serial.Serial):
-            self._fd = port.fileno()
+        self._fd: int | None = port.fileno() if _has_fd(port) else None
         self._closed = False
 
     @classmethod
     def open(cls, url: DeviceUrl, timeout: float = DEFAULT_OPEN_TIMEOUT,
              write_timeout: float = DEFAULT_WRITE_TIMEOUT) -> SerialTransport:
         """Open ``url`` (scheme serial or a pyserial pass-through); baud from the URL."""
-        target = url.raw if url.is_passthrough else url.path
         where = str(url)
         kwargs: dict[str, object] = {"baudrate": url.baud, "do_not_open": True}
         try:
-            port = serial.serial_for_url(target, **kwargs)
-            local = os.name == "posix" and isinstance(port, serial.Serial)
-            port.timeout = 0 if local else _SLICE
+            port = serial.serial_for_url(pyserial_target(url), **kwargs)
+            port.timeout = 0 if _has_fd(port) else _SLICE
             if url.scheme != "rfc2217":  # pyserial's rfc2217 refuses a write timeout
                 port.write_timeout = write_timeout
             if url.scheme == "serial":
                 port.exclusive = True
             port.open()
         except (serial.SerialException, OSError, ValueError) as exc:
+            if url.scheme in _NETWORK_SCHEMES:
+                raise classify_network_error(exc, url) from None
             raise classify_open_error(exc, where) from None
         except (KeyError, IndexError, TypeError) as exc:
             # pyserial 3.5's URL handlers crash while formatting their own "bad URL" message
@@ -169,21 +224,23 @@ class SerialTransport(Transport):
             raise self._lost(exc) from None
 
     def _read_once(self, max_bytes: int, deadline: float) -> bytes:
-        """One wait-then-read step; b"" when nothing came in this step."""
+        """One wait-then-read step; b"" when nothing came in this step.
+
+        Both branches return everything already received (up to ``max_bytes``) in one
+        pyserial call: with a descriptor, a zero-timeout read is one ``read``/``recv``; a
+        queue-backed handler reports exactly what it holds in ``in_waiting``.
+        """
         if self._fd is not None:
             if not wait_fd(self._fd, False, deadline - time.monotonic()):
                 return b""
             return bytes(self._port.read(max_bytes))
         first = bytes(self._port.read(1))  # returns as soon as a byte arrives, or after _SLICE
-        if not first:
-            return b""
-        out = bytearray(first)
-        while len(out) < max_bytes:
-            waiting = self._port.in_waiting
-            if not waiting:
-                break
-            out += self._port.read(min(waiting, max_bytes - len(out)))
-        return bytes(out)
+        if not first or max_bytes == 1:
+            return first
+        waiting = self._port.in_waiting
+        if not waiting:
+            return first
+        return first + bytes(self._port.read(min(waiting, max_bytes - 1)))
 
     def close(self) -> None:
         if self._closed:

@@ -3,6 +3,11 @@
 Why this exists: a serial device is emulated by keeping a pty's master and letting the host
 open the slave; detecting the host coming and going, hanging up (a fresh pty under a stable
 symlink) and one `PtyConnection` per host session are pty-specific and kept together here.
+
+The device's name is its pty for the link's life: a host session that ends (the host left,
+or the device gave up on it) keeps the same master, so the printed URL stays true and no other
+program can be handed that /dev/pts/N. Only an explicit `hangup` (the pull-the-cable fault)
+makes a new pty; with ``link_path`` the symlink follows it.
 """
 
 from __future__ import annotations
@@ -178,6 +183,18 @@ class PtyLink:
             else:
                 _poll(master, select.POLLOUT, min(_SLICE, max(0.0, stalled - time.monotonic())))
 
+    def discard_pending(self) -> None:
+        """Drop bytes queued either way (a session ended mid-stream): the next session must
+        not read the old host's requests, nor the host the old session's answers."""
+        import termios
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                termios.tcflush(self._master, termios.TCIOFLUSH)
+            except (termios.error, OSError):
+                pass
+
     def hangup(self) -> None:
         """Pull the cable: the host's port fails (LINK_LOST) and a fresh pty takes its place.
 
@@ -230,8 +247,9 @@ def _pty_gone(exc: OSError) -> str:
 
 
 class PtyConnection:
-    """One host session on a `PtyLink`. ``close`` while the host is still attached hangs
-    up (the host sees LINK_LOST); after the host left it just ends the session."""
+    """One host session on a `PtyLink`. ``end`` finishes the session and keeps the pty;
+    ``close`` while the host is still attached hangs up (the host sees LINK_LOST: the
+    pull-the-cable fault); after the host left, ``close`` just ends the session."""
 
     def __init__(self, link: PtyLink, session: int) -> None:
         self._link = link
@@ -261,6 +279,14 @@ class PtyConnection:
         except HostDisconnected:
             self._ended = True
             raise
+
+    def end(self) -> None:
+        """End this session without pulling the cable: same pty, pending bytes dropped."""
+        if self._ended:
+            return
+        self._ended = True
+        if self._current():
+            self._link.discard_pending()
 
     def close(self) -> None:
         if self._ended:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from enum import Enum
+from typing import Callable
 from zflash.errors import Code, ZflashError
 from zflash.protocol.zdl import chunks
 from zflash.protocol.zdl.constants import (
@@ -69,7 +70,8 @@ class DeviceEngine:
     def __init__(self, *, max_data: int = MAX_MAX_DATA, window: int = MAX_WINDOW,
                  codecs: tuple[str, ...] = ("zlib", "none"),
                  versions: tuple[int, ...] = SUPPORTED_VERSIONS,
-                 bauds: tuple[int, ...] = ()) -> None:
+                 bauds: tuple[int, ...] = (),
+                 admit: Callable[[], tuple[int, str] | None] | None = None) -> None:
         if not MIN_MAX_DATA <= max_data <= MAX_MAX_DATA or not 1 <= window <= MAX_WINDOW:
             raise _misuse("max_data or window out of range")
         if "none" not in codecs or not set(codecs) <= set(CODEC_NAMES.values()):
@@ -79,6 +81,9 @@ class DeviceEngine:
         self.codecs = tuple(codecs)
         self.versions = tuple(versions)
         self.bauds = tuple(bauds)
+        #: asked on each acceptable HELLO; a (code, why) refuses the session with ERROR
+        #: (a device busy with another host), None lets it start
+        self._admit = admit
         self.state = DeviceState.NO_SESSION
         self.session: Session | None = None
         self.stats = LinkStats()
@@ -257,6 +262,10 @@ class DeviceEngine:
         if not common:
             self._refuse(token, Code.UNSUPPORTED_PROTOCOL,
                          f"device speaks ZDL versions {list(self.versions)}")
+            return
+        refusal = self._admit() if self._admit is not None else None
+        if refusal is not None:
+            self._refuse(token, *refusal)
             return
         baud = hello.baud if hello.baud in self.bauds else None
         self.session = Session(max(common), min(hello.max_data, self.max_data),

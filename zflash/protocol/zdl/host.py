@@ -64,6 +64,9 @@ from zflash.protocol.zdl.wirejson import U32, ranges_subset
 
 Buffer = bytes | bytearray | memoryview
 HostEvent = Any  # a response Message, Pong, or one of the events in ``events``
+#: Codes a device may refuse HELLO with that reach the user as given (zdl.md 6): no common
+#: version, and "device busy" (another host is in a session); anything else is 9026.
+_HELLO_REFUSALS = frozenset({Code.UNSUPPORTED_PROTOCOL, Code.DEVICE_REFUSED})
 
 
 class HostState(Enum):
@@ -351,7 +354,7 @@ class HostEngine:
         if frame.type == MsgType.ERROR:
             error = Error.decode(frame.payload)
             assert isinstance(error, Error)
-            code = error.code if error.code == Code.UNSUPPORTED_PROTOCOL else Code.PROTOCOL
+            code = error.code if error.code in _HELLO_REFUSALS else Code.PROTOCOL
             raise ZflashError(code, f"device refused HELLO: {error.code} {error.message}")
         welcome = Welcome.decode(frame.payload)
         assert isinstance(welcome, Welcome)
