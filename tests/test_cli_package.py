@@ -159,7 +159,7 @@ def test_zpk_vectors_rebuild_byte_for_byte(tmp_path: Path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     rebuilt = sorted(tmp_path.iterdir())
-    assert len(rebuilt) == 4
+    assert len(rebuilt) == 6  # two images, tiny.zpk and tiny-auto.zpk with their parses
     for path in rebuilt:
         assert path.read_bytes() == (folder / path.name).read_bytes(), path.name
 

@@ -15,7 +15,8 @@ from zflash.package import keys as keymod
 from zflash.package.format import DEFAULT_BLOCK_SIZE, KIND_NAMES, Manifest
 from zflash.package.reader import Package
 from zflash.package.recipe import load_recipe
-from zflash.package.writer import CODECS, PackageInfo, PartitionSource, build_package
+from zflash.package.writer import (CODECS, DEFAULT_CODEC, PackageInfo, PartitionSource,
+                                   build_package)
 
 
 # ---------------------------------------------------------------------------------- errors
@@ -88,8 +89,11 @@ def _parse_images(images: tuple[str, ...], unslotted: tuple[str, ...]) -> list[P
 @click.option("--unslotted", multiple=True, help="Partition without A/B slots (repeat).")
 @click.option("--key", "key_paths", multiple=True, type=click.Path(path_type=Path),
               help="Signing private key (repeat for several signatures).")
-@click.option("--codec", type=click.Choice(CODECS), default="zlib", show_default=True)
-@click.option("--level", type=click.IntRange(1, 9), default=6, show_default=True)
+@click.option("--codec", type=click.Choice(CODECS), default=DEFAULT_CODEC, show_default=True,
+              help="auto: per block the smallest of raw, zlib and zstd.")
+@click.option("--level", type=click.IntRange(1, 9), default=6, show_default=True,
+              help="zlib level.")
+@click.option("--zstd-level", type=click.IntRange(1, 22), default=19, show_default=True)
 @click.option("--block-size", type=int, default=DEFAULT_BLOCK_SIZE, show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -97,7 +101,7 @@ def pack(recipe: Path | None, product: str | None, hw_revs: tuple[str, ...],
          basebands: tuple[str, ...], fw_version: str | None, rollback_index: int | None,
          rollback_location: int | None, build_time: int | None, images: tuple[str, ...],
          unslotted: tuple[str, ...], key_paths: tuple[Path, ...], codec: str, level: int,
-         block_size: int, output: Path, as_json: bool) -> None:
+         zstd_level: int, block_size: int, output: Path, as_json: bool) -> None:
     """Build a signed .zpk package from partition images (options override the recipe)."""
     base = load_recipe(recipe) if recipe else None
     sources = _parse_images(images, unslotted) if images else (base.sources if base else [])
@@ -118,7 +122,7 @@ def pack(recipe: Path | None, product: str | None, hw_revs: tuple[str, ...],
     all_keys = list(key_paths) or (base.keys if base else [])
     signing = [keymod.load_private_key(p) for p in all_keys]
     manifest = build_package(PackageInfo(**merged), sources, signing, output, codec, level,
-                             block_size)
+                             block_size, zstd_level)
     if as_json:
         emit_json({"output": str(output), "manifest": manifest.to_json(),
                    "size": output.stat().st_size})
