@@ -6,12 +6,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import click
 
 from zflash.errors import Code, ZflashError
-from zflash.package import keys as keymod
+from zflash.package.names import default_trust_dir
+
+if TYPE_CHECKING:
+    from zflash.package.keys import TrustStore
 
 
 def emit_json(obj: Any) -> None:
@@ -66,8 +69,9 @@ def trust_options(func: Callable[..., Any]) -> Callable[..., Any]:
                         type=click.Path(path_type=Path),
                         help="Trusted public key PEM (repeat). Added to the trust directory.")(func)
     return click.option("--trust-dir", type=click.Path(path_type=Path),
-                        help=f"Trust directory (default {keymod.default_trust_dir()}).")(func)
+                        help=f"Trust directory (default {default_trust_dir()}).")(func)
 
 
-def load_trust(trust_files: tuple[Path, ...], trust_dir: Path | None) -> keymod.TrustStore:
-    return keymod.TrustStore.load(trust_files, trust_dir)
+def load_trust(trust_files: tuple[Path, ...], trust_dir: Path | None) -> TrustStore:
+    from zflash.package.keys import TrustStore  # cryptography: only for commands that verify
+    return TrustStore.load(trust_files, trust_dir)

@@ -15,7 +15,7 @@ import threading
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Iterator
 
 from zflash import zstd
 from zflash.errors import Code, ZflashError
@@ -23,8 +23,10 @@ from zflash.package.format import (HEADER_SIZE, KIND_RAW, KIND_ZERO, KIND_ZLIB, 
                                    BlockEntry,
                                    Header, Manifest, PartitionEntry, block_length, decode_table,
                                    malformed)
-from zflash.package.keys import TrustStore
 from zflash.package.signing import MANIFEST_DOMAIN, Signature, decode_signatures, verify
+
+if TYPE_CHECKING:
+    from zflash.package.keys import TrustStore
 
 _ZERO_DIGESTS: dict[int, bytes] = {}
 

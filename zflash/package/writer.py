@@ -27,14 +27,9 @@ from zflash.package.format import (DEFAULT_BLOCK_SIZE, KIND_RAW, KIND_ZERO, KIND
                                    PartitionEntry)
 from zflash.package.images import open_image
 from zflash.package.keys import PrivateKey
+from zflash.package.names import CODECS, DEFAULT_CODEC
 from zflash.package.signing import encode_signatures, sign
 
-#: "auto" stores each block in the smallest of raw, zlib and zstd; "zstd" and "zlib" try
-#: only that codec (and raw). Packages with zstd blocks flash onto any device: a host whose
-#: device does not offer zstd decodes them and sends raw or zlib (zdl.md 3.3).
-CODECS = ("auto", "zstd", "zlib", "none")
-#: zlib until every host path sends zstd blocks natively (docs/DECISIONS.md D70).
-DEFAULT_CODEC = "zlib"
 DEFAULT_ZLIB_LEVEL = 6
 _BATCH_BLOCKS = 64
 
