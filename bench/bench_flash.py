@@ -23,41 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-KEY = REPO / "firmware-samples" / "keys" / "zx-demo-TEST-ONLY-signing.pem"
-PUB = REPO / "firmware-samples" / "keys" / "zx-demo-TEST-ONLY-signing.pub.pem"
-MIB = 1 << 20
-ZFLASH = [sys.executable, "-m", "zflash"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def make_image(path: Path, size: int, kind: str) -> None:
-    """random: incompressible. mixed: per MiB, a quarter random, a quarter text, half zeros
-    (the shape of a real system image: code, text, empty space)."""
-    text = b"zflash benchmark compressible text " * 128
-    with open(path, "wb") as out:
-        for index in range(0, size, MIB):
-            piece = min(MIB, size - index)
-            if kind == "random":
-                out.write(os.urandom(piece))
-                continue
-            quarter = piece // 4
-            out.write(os.urandom(quarter) + (text * (quarter // len(text) + 1))[:quarter]
-                      + bytes(piece - 2 * quarter))
-
-
-def pack(image: Path, out: Path, codec: str) -> None:
-    subprocess.run([*ZFLASH, "pack", "--product", "zx-demo", "--hw-rev", "A01", "--baseband",
-                    "ZXB-100", "--version", "1", "--rollback-index", "5", "--build-time", "0",
-                    "--image", f"system={image}", "--key", str(KEY), "--codec", codec,
-                    "-o", str(out)], check=True, stdout=subprocess.DEVNULL)
-
-
-def peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+from common import MIB, PUB, ZFLASH, make_image, pack, peak_rss_mib  # noqa: E402
 
 
 def run_case(name: str, image_kind: str, size: int, codec: str, rate: float | None,

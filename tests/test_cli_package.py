@@ -159,7 +159,7 @@ def test_zpk_vectors_rebuild_byte_for_byte(tmp_path: Path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     rebuilt = sorted(tmp_path.iterdir())
-    assert len(rebuilt) == 4
+    assert len(rebuilt) == 6  # two images, tiny.zpk and tiny-auto.zpk with their parses
     for path in rebuilt:
         assert path.read_bytes() == (folder / path.name).read_bytes(), path.name
 
@@ -182,6 +182,41 @@ def test_lazy_command_map_matches_the_registered_commands():
     assert set(main.commands) == set(COMMAND_MODULES)
     for name, command in main.commands.items():
         assert command.callback.__module__ == f"zflash.cli.{COMMAND_MODULES[name]}", name
+
+
+def test_short_help_map_matches_each_command():
+    """--help lists commands from SHORT_HELP without importing them: it must say the same."""
+    import importlib
+
+    from zflash.cli import COMMAND_MODULES, SHORT_HELP, main
+    for module in set(COMMAND_MODULES.values()):
+        importlib.import_module(f"zflash.cli.{module}")
+    assert set(SHORT_HELP) == set(COMMAND_MODULES)
+    for name, command in main.commands.items():
+        assert SHORT_HELP[name] == command.get_short_help_str(limit=200), name
+
+
+_HEAVY = ("cryptography", "tqdm", "zstandard", "serial", "usb", "zflash.flash",
+          "zflash.package.writer", "zflash.emulator", "zflash.transport", "zflash.fetch")
+
+
+@pytest.mark.parametrize("args, also_absent", [
+    (["--help"], ("zflash.cli.package_cmds", "zflash.cli.device_cmds", "zflash.cli.fetch_cmds",
+                  "zflash.cli.usb_cmds", "zflash.cli.fastboot_cmds", "zflash.package.reader")),
+    (["errors", "9012"], ("zflash.package.reader", "zflash.package.keys")),
+    (["inspect", str(SAMPLES / "zx-demo-1.1.0.zpk")], ("zflash.package.keys",)),
+])
+def test_commands_without_a_device_import_only_what_they_use(args, also_absent):
+    probe = ("import sys\nfrom zflash.cli import main\ntry:\n    main(sys.argv[1:])\n"
+             "except SystemExit as exc:\n    code = exc.code\n"
+             "print('\\n'.join(sorted(sys.modules)), file=sys.stderr)\nsys.exit(code)\n")
+    result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    loaded = set(result.stderr.split())
+    assert result.stdout
+    for name in _HEAVY + also_absent:
+        assert not any(m == name or m.startswith(name + ".") for m in loaded), (args, name)
 
 
 def test_help_lists_every_command():

@@ -33,7 +33,7 @@ def push(device: EmulatedDevice, package: Path, stop_after: int | None = None) -
                     continue
                 if stop_after is not None and sent == stop_after:
                     return sent
-                device.write_block(index, block, stored, compressed=entry.kind == 2)
+                device.write_block(index, block, stored, kind=entry.kind)
                 sent += 1
             device.commit_partition(index)
     return sent
@@ -95,7 +95,7 @@ def test_bad_block_mid_stream_never_boots(tmp_path):
         part = pkg.manifest.partitions[1]
         block, entry, stored = next(iter(pkg.iter_stored(part)))
     with pytest.raises(ZflashError) as err:
-        device.write_block(1, block, bytes(len(stored)), compressed=entry.kind == 2)
+        device.write_block(1, block, bytes(len(stored)), kind=entry.kind)
     assert err.value.code == Code.SIGNATURE
     assert not device.facts().slot("b").bootable
     assert device.reboot()["booted_slot"] == "a"

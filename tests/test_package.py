@@ -295,14 +295,19 @@ def _tiny_head() -> bytes:
     return _HEAD_CACHE
 
 
-def test_protocol_vector_tiny_package_parses_as_expected():
-    """protocols/zpk-vectors/: a tiny package and its expected parse, for other implementations."""
+@pytest.mark.parametrize("name", ["tiny", "tiny-auto"])
+def test_protocol_vector_tiny_package_parses_as_expected(name: str):
+    """protocols/zpk-vectors/: tiny packages and their expected parse, for other implementations.
+
+    tiny.zpk is zlib-only (an old package still reads); tiny-auto.zpk has all four kinds."""
     folder = Path(__file__).resolve().parent.parent / "protocols" / "zpk-vectors"
-    expected = json.loads((folder / "tiny.expected.json").read_text())
+    expected = json.loads((folder / f"{name}.expected.json").read_text())
+    kinds = {e["kind"] for t in expected["tables"].values() for e in t}
+    assert kinds == ({0, 1, 2} if name == "tiny" else {0, 1, 2, 3})
     pub = keymod.load_public_key(folder / "tiny.pub.pem")
     store = keymod.TrustStore()
     store.add(pub)
-    with Package(folder / "tiny.zpk") as pkg:
+    with Package(folder / f"{name}.zpk") as pkg:
         assert pkg.verify(store) == [bytes.fromhex(expected["key_id"])]
         assert pkg.head.digest == expected["manifest_sha256"]
         assert pkg.manifest.to_json() == expected["manifest"]

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""Rebuild the zpk test vectors: a tiny package, its TEST-ONLY key, images and expected parse.
+"""Rebuild the zpk test vectors: two tiny packages, their TEST-ONLY key, images, expected parses.
 
-The key is created once and committed; with it, this script reproduces every file byte for
-byte. Usage: python protocols/zpk-vectors/generate.py [OUT_DIR]
+``tiny.zpk`` stores blocks as zlib, raw and zero (a reader without zstd reads it);
+``tiny-auto.zpk`` holds the same images with each block in the smallest form, so it has all
+four kinds: zstd, zlib, raw and zero. The key is created once and committed; with it, this
+script reproduces every file byte for byte (zstd output is that of libzstd 1.5.x at level 19).
+Usage: python protocols/zpk-vectors/generate.py [OUT_DIR]
 """
 
 from __future__ import annotations
@@ -24,8 +27,12 @@ INFO = PackageInfo(product="zx-vector", hardware_revisions=("R1",), baseband_ids
                    version="0.0.1", rollback_index=7, rollback_location=1, build_time=1_700_000_000)
 
 
+#: package name -> codec it is built with
+PACKAGES = {"tiny": "zlib", "tiny-auto": "auto"}
+
+
 def images() -> dict[str, bytes]:
-    """Block kinds raw, zlib and zero all appear; the last block is short."""
+    """Every block kind appears; the last block is short."""
     raw_block = bytes((i * 7 + 3) % 251 for i in range(8192))
     return {"boot": raw_block + b"ab" * 4096 + bytes(8192) + b"end",
             "misc": b"misc-partition " * 40}
@@ -41,8 +48,15 @@ def main() -> None:
         path = out_dir / f"tiny.{name}.img"
         path.write_bytes(content)
         sources.append(PartitionSource(name, path, name == "boot"))
-    out = out_dir / "tiny.zpk"
-    build_package(INFO, sources, [keymod.load_private_key(KEY)], out, block_size=8192)
+    for name, codec in PACKAGES.items():
+        out = out_dir / f"{name}.zpk"
+        build_package(INFO, sources, [keymod.load_private_key(KEY)], out, codec=codec,
+                      block_size=8192)
+        write_expected(out, out_dir / f"{name}.expected.json")
+        print(f"wrote {out} ({out.stat().st_size} bytes) and {name}.expected.json")
+
+
+def write_expected(out: Path, expected_path: Path) -> None:
     with Package(out) as pkg:
         h = pkg.head.header
         expected = {
@@ -55,8 +69,7 @@ def main() -> None:
                                 for e in pkg.head.tables[p.name]]
                        for p in pkg.manifest.partitions},
         }
-    (out_dir / "tiny.expected.json").write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {out} ({out.stat().st_size} bytes) and tiny.expected.json")
+    expected_path.write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ from zflash import __version__
 from zflash.cli.common import VERBOSITY_KEY, ZflashGroup
 from zflash.errors import Code, ZflashError
 
-#: Which module defines each command. Modules are imported only when their command runs (or
-#: for --help), so `zflash fastboot ...` does not pay for the flasher, TLS or USB imports.
+#: Which module defines each command. Modules are imported only when their command runs, so
+#: `zflash fastboot ...` does not pay for the flasher, TLS or USB imports.
 COMMAND_MODULES = {
     "errors": "package_cmds", "keygen": "package_cmds", "pack": "package_cmds",
     "inspect": "package_cmds", "verify": "package_cmds",
@@ -26,6 +26,35 @@ COMMAND_MODULES = {
     "fetch": "fetch_cmds", "catalog": "fetch_cmds", "serve": "fetch_cmds",
     "devices": "usb_cmds", "udev-rules": "usb_cmds", "doctor": "usb_cmds",
     "fastboot": "fastboot_cmds",
+}
+
+#: Each command's short help (the first sentence of its docstring), so that `zflash --help`
+#: lists the commands without importing any of their modules. A test keeps it in step.
+SHORT_HELP = {
+    "errors": "Print the error table, or the entry for CODE (the code, 9040, or the exit "
+              "status, 40), with the fix for each of its causes.",
+    "keygen": "Make a signing key pair (private key written with mode 0600).",
+    "pack": "Build a signed .zpk package from partition images (options override the recipe).",
+    "inspect": "Summarise a package (structure is checked; the signature is not: use verify).",
+    "verify": "Check the signature against trusted keys and every block against its hash.",
+    "emulate": "Run an emulated device in download mode until interrupted.",
+    "info": "Show everything the device reports about itself.",
+    "flash": "Flash a signed package (or, with --latest, the newest one from a catalog) into "
+             "the device's inactive slot, verify, switch, reboot.",
+    "slot": "Show the A/B slots, or `slot set-active SLOT`.",
+    "reboot": "Reboot the device (it boots its active slot, falling back if that fails).",
+    "backup": "Read a partition back to a file and print its SHA-256.",
+    "fetch": "Download a package, or the right package from a signed catalog, over pinned "
+             "TLS.",
+    "catalog": "Signed catalogs of packages for an update server.",
+    "serve": "Serve FOLDER over HTTPS with Range support: for a workshop or a test, not "
+             "production.",
+    "devices": "List devices in download mode: USB (ZDL, fastboot) and USB serial ports.",
+    "udev-rules": "Print (or install) the udev rules that give non-root users access to "
+                  "devices.",
+    "doctor": "Check that this machine can reach devices: libusb, permissions, udev rules, "
+              "groups.",
+    "fastboot": "Talk to an Android fastboot bootloader (or `zflash emulate --fastboot-tcp`).",
 }
 
 
@@ -40,6 +69,17 @@ class LazyGroup(ZflashGroup):
         if module and cmd_name not in self.commands:
             importlib.import_module(f"zflash.cli.{module}")
         return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list as click writes it, from SHORT_HELP instead of the commands."""
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = [(name, click.utils.make_default_short_help(SHORT_HELP[name], limit))
+                for name in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -8,12 +8,15 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import click
 
 from zflash.errors import Code, ErrorInfo, ZflashError
-from zflash.package import keys as keymod
+from zflash.package.names import default_trust_dir
+
+if TYPE_CHECKING:
+    from zflash.package.keys import TrustStore
 
 
 def emit_json(obj: Any) -> None:
@@ -155,8 +158,9 @@ def trust_options(func: Callable[..., Any]) -> Callable[..., Any]:
                              "only, in addition to the trust directory's keys (nothing is "
                              "written there).")(func)
     return click.option("--trust-dir", type=click.Path(path_type=Path),
-                        help=f"Trust directory (default {keymod.default_trust_dir()}).")(func)
+                        help=f"Trust directory (default {default_trust_dir()}).")(func)
 
 
-def load_trust(trust_files: tuple[Path, ...], trust_dir: Path | None) -> keymod.TrustStore:
-    return keymod.TrustStore.load(trust_files, trust_dir)
+def load_trust(trust_files: tuple[Path, ...], trust_dir: Path | None) -> TrustStore:
+    from zflash.package.keys import TrustStore  # cryptography: only for commands that verify
+    return TrustStore.load(trust_files, trust_dir)

@@ -1,21 +1,26 @@
-"""Package commands: errors, keygen, pack, inspect, verify."""
+"""Package commands: errors, keygen, pack, inspect, verify.
+
+Each command imports what it needs when it runs: `zflash errors` loads no package code, and
+`inspect` no cryptography (docs/DECISIONS.md D72). Option lists come from
+``zflash.package.names``, which imports nothing heavy.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from zflash.cli import main
 from zflash.cli.common import emit_json, load_trust, refuse_existing, trust_options
 from zflash.errors import CAUSES, TABLE, Code, ZflashError, markdown_table, resolve_code
-from zflash.package import keys as keymod
 from zflash.package.format import DEFAULT_BLOCK_SIZE, KIND_NAMES, Manifest
-from zflash.package.reader import Package
-from zflash.package.layout import DeviceLayout, check_images
-from zflash.package.recipe import load_recipe, package_info
-from zflash.package.writer import CODECS, PartitionSource, build_package
+from zflash.package.names import ALGORITHMS, CODECS, DEFAULT_CODEC, MIN_RSA_BITS
+
+if TYPE_CHECKING:
+    from zflash.package.writer import PartitionSource
 
 
 # ---------------------------------------------------------------------------------- errors
@@ -51,15 +56,16 @@ def errors_cmd(code: int | None, as_json: bool, markdown: bool) -> None:
 
 # ---------------------------------------------------------------------------------- keygen
 @main.command()
-@click.option("--algorithm", "-a", type=click.Choice(keymod.ALGORITHMS), default="ed25519",
+@click.option("--algorithm", "-a", type=click.Choice(ALGORITHMS), default="ed25519",
               show_default=True)
-@click.option("--rsa-bits", type=int, default=keymod.MIN_RSA_BITS, show_default=True)
+@click.option("--rsa-bits", type=int, default=MIN_RSA_BITS, show_default=True)
 @click.option("--out", "-o", "out", type=click.Path(path_type=Path), required=True,
               help="Private key path; the public key goes to OUT.pub.pem.")
 @click.option("--force", is_flag=True, help="Overwrite existing key files.")
 @click.option("--json", "as_json", is_flag=True)
 def keygen(algorithm: str, rsa_bits: int, out: Path, force: bool, as_json: bool) -> None:
     """Make a signing key pair (private key written with mode 0600)."""
+    from zflash.package import keys as keymod
     key = keymod.generate(algorithm, rsa_bits)
     public = out.with_name(out.name.removesuffix(".pem") + ".pub.pem")
     keymod.write_keypair(key, out, public, force)
@@ -75,6 +81,7 @@ def keygen(algorithm: str, rsa_bits: int, out: Path, force: bool, as_json: bool)
 
 # ---------------------------------------------------------------------------------- pack
 def _parse_images(images: tuple[str, ...], unslotted: tuple[str, ...]) -> list[PartitionSource]:
+    from zflash.package.writer import PartitionSource
     sources = []
     for item in images:
         name, sep, path = item.partition("=")
@@ -105,8 +112,11 @@ def _parse_images(images: tuple[str, ...], unslotted: tuple[str, ...]) -> list[P
 @click.option("--unslotted", multiple=True, help="Partition without A/B slots (repeat).")
 @click.option("--key", "key_paths", multiple=True, type=click.Path(path_type=Path),
               help="Signing private key (repeat for several signatures).")
-@click.option("--codec", type=click.Choice(CODECS), default="zlib", show_default=True)
-@click.option("--level", type=click.IntRange(1, 9), default=6, show_default=True)
+@click.option("--codec", type=click.Choice(CODECS), default=DEFAULT_CODEC, show_default=True,
+              help="auto: per block the smallest of raw, zlib and zstd.")
+@click.option("--level", type=click.IntRange(1, 9), default=6, show_default=True,
+              help="zlib level.")
+@click.option("--zstd-level", type=click.IntRange(1, 22), default=19, show_default=True)
 @click.option("--block-size", type=int, default=DEFAULT_BLOCK_SIZE, show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
@@ -115,9 +125,13 @@ def pack(recipe: Path | None, profile: Path | None, product: str | None,
          hw_revs: tuple[str, ...], basebands: tuple[str, ...], fw_version: str | None,
          rollback_index: int | None, rollback_location: int | None, build_time: int | None,
          images: tuple[str, ...], unslotted: tuple[str, ...], key_paths: tuple[Path, ...],
-         codec: str, level: int, block_size: int, output: Path, force: bool,
+         codec: str, level: int, zstd_level: int, block_size: int, output: Path, force: bool,
          as_json: bool) -> None:
     """Build a signed .zpk package from partition images (options override the recipe)."""
+    from zflash.package import keys as keymod
+    from zflash.package.layout import DeviceLayout, check_images
+    from zflash.package.recipe import load_recipe, package_info
+    from zflash.package.writer import build_package
     base = load_recipe(recipe) if recipe else None
     sources = _parse_images(images, unslotted) if images else (base.sources if base else [])
     given = {"product": product, "hardware_revisions": list(hw_revs) or None,
@@ -132,7 +146,8 @@ def pack(recipe: Path | None, profile: Path | None, product: str | None,
         check_images(DeviceLayout.load(profile), sources)
     all_keys = list(key_paths) or (base.keys if base else [])
     signing = [keymod.load_private_key(p) for p in all_keys]
-    manifest = build_package(info, sources, signing, output, codec, level, block_size)
+    manifest = build_package(info, sources, signing, output, codec, level, block_size,
+                             zstd_level)
     if as_json:
         emit_json({"output": str(output), "manifest": manifest.to_json(),
                    "size": output.stat().st_size})
@@ -163,6 +178,7 @@ def _manifest_summary(manifest: Manifest) -> list[str]:
 @click.option("--json", "as_json", is_flag=True)
 def inspect(package: Path, as_json: bool) -> None:
     """Summarise a package (structure is checked; the signature is not: use verify)."""
+    from zflash.package.reader import Package
     with Package(package) as pkg:
         head = pkg.head
         kinds: dict[str, dict[str, int]] = {}
@@ -195,6 +211,7 @@ def inspect(package: Path, as_json: bool) -> None:
 def verify(package: Path, trust_files: tuple[Path, ...], trust_dir: Path | None,
            as_json: bool) -> None:
     """Check the signature against trusted keys and every block against its hash."""
+    from zflash.package.reader import Package
     trust = load_trust(trust_files, trust_dir)
     started = time.perf_counter()
     with Package(package) as pkg:

@@ -19,7 +19,8 @@ from typing import Any, BinaryIO, Callable, Iterator
 from zflash.checks import Failure, check_device
 from zflash.errors import Code, ZflashError
 from zflash.facts import DeviceFacts, PartitionInfo, SlotInfo
-from zflash.package.format import KIND_ZERO, PartitionEntry, block_length
+from zflash.package.format import (KIND_RAW, KIND_ZERO, KIND_ZLIB, KIND_ZSTD, PartitionEntry,
+                                   block_length)
 from zflash.package.keys import TrustStore
 from zflash.package.reader import PackageHead, decode_block, zero_digest
 from zflash.emulator import image_write
@@ -258,8 +259,14 @@ class EmulatedDevice:
         return session.parts[index]
 
     def write_block(self, part_index: int, block_index: int, stored: bytes | memoryview,
-                    compressed: bool) -> None:
-        """Check one block against the signed table, then write it (nothing before)."""
+                    kind: int) -> None:
+        """Check one block against the signed table, then write it (nothing before).
+
+        ``kind`` is the form ``stored`` arrived in, as a package block kind (raw, zlib,
+        zstd): the wire codec need not be the package's, the hash is of the raw bytes.
+        """
+        if kind not in (KIND_RAW, KIND_ZLIB, KIND_ZSTD):
+            raise ZflashError(Code.PROTOCOL, f"block form {kind} cannot be written")
         part = self._part(part_index, start=False)
         entry = part.entry
         if self.session.failure is not None:  # type: ignore[union-attr]
@@ -269,8 +276,7 @@ class EmulatedDevice:
         if part.committed:
             raise ZflashError(Code.PROTOCOL, f"{entry.name} is already committed")
         table_entry = self.session.head.tables[entry.name][block_index]  # type: ignore[union-attr]
-        kind_entry = replace(table_entry, kind=2 if compressed else 1,
-                             stored_size=len(stored))
+        kind_entry = replace(table_entry, kind=kind, stored_size=len(stored))
         try:
             raw = decode_block(entry, block_index, kind_entry, stored)
         except ZflashError as exc:

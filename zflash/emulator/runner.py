@@ -122,8 +122,10 @@ class EmulatorRunner:
         self.device.fail_next_boot = fail_next_boot
         self.faults = faults or LinkFaults()
         self.log = log or (lambda message: None)
-        if server_options is None and self.faults.serial_baud:
-            server_options = ServerOptions(bauds=self.faults.baud_rates)
+        if server_options is None:
+            server_options = ServerOptions(
+                bauds=self.faults.baud_rates if self.faults.serial_baud else (),
+                codecs=self.storage.profile.zdl_codecs)
         self.server = ZdlServer(self.device, server_options, log=self.log)
         self.stop_event = threading.Event()
         self.urls: list[str] = []

@@ -79,6 +79,8 @@ class Profile:
     rollback_indexes: dict[int, int] = field(default_factory=lambda: {0: 2})
     trusted_keys: list[str] = field(default_factory=list)  # PEM texts
     max_download_size: int = 256 << 20
+    #: ZDL block codecs the device offers ("none" always); None = all the emulator can decode
+    zdl_codecs: tuple[str, ...] | None = None
 
     @property
     def flash_size(self) -> int:
@@ -91,7 +93,8 @@ class Profile:
                                for p in self.partitions],
                 "cache_size": self.cache_size,
                 "rollback_indexes": {str(k): v for k, v in self.rollback_indexes.items()},
-                "trusted_keys": self.trusted_keys, "max_download_size": self.max_download_size}
+                "trusted_keys": self.trusted_keys, "max_download_size": self.max_download_size,
+                "zdl_codecs": list(self.zdl_codecs) if self.zdl_codecs is not None else None}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> "Profile":
@@ -110,9 +113,22 @@ class Profile:
                                                  defaults.rollback_indexes).items()},
                        trusted_keys=[str(k) for k in obj.get("trusted_keys", [])],
                        max_download_size=int(obj.get("max_download_size",
-                                                     defaults.max_download_size)))
+                                                     defaults.max_download_size)),
+                       zdl_codecs=_codec_names(obj.get("zdl_codecs")))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ZflashError(Code.USAGE, f"bad device profile: {exc}") from None
+
+
+def _codec_names(value: Any) -> tuple[str, ...] | None:
+    """A profile's ``zdl_codecs``: known names, "none" among them (a device must take raw)."""
+    if value is None:
+        return None
+    names = tuple(str(v) for v in value)
+    known = {"none", "zlib", "zstd"}
+    if "none" not in names or not set(names) <= known or len(set(names)) != len(names):
+        raise ValueError(f"zdl_codecs must name distinct codecs of {sorted(known)}, "
+                         "\"none\" included")
+    return names
 
 
 SLOTS = ("a", "b")

@@ -18,7 +18,8 @@ from typing import Callable
 from zflash.emulator.device import DeviceRefusal, EmulatedDevice, PowerLoss
 from zflash.emulator.link import DeviceConnection, HostDisconnected
 from zflash.errors import Code, ZflashError
-from zflash.protocol.zdl import (CODEC_ZLIB, BeginUpdate, BlockHashes, CommitPartition, Data,
+from zflash.package.format import KIND_RAW, KIND_ZLIB, KIND_ZSTD
+from zflash.protocol.zdl import (CODEC_NONE, CODEC_ZLIB, CODEC_ZSTD, BeginUpdate, BlockHashes, CommitPartition, Data,
                                  DeviceEngine, Done, Erase, Error, Facts, Hashes, Identify,
                                  KeepBlocks, Kept, Ok, Read, Reboot, SetActive, SwitchBaud,
                                  UpdateReady, WriteBlock)
@@ -26,6 +27,8 @@ from zflash.protocol.zdl import (CODEC_ZLIB, BeginUpdate, BlockHashes, CommitPar
 READ_SIZE = 1 << 20
 POLL = 0.2
 PING_WAIT = 1.0
+#: wire codec -> the package block kind the device decodes it as
+_KIND_OF_CODEC = {CODEC_NONE: KIND_RAW, CODEC_ZLIB: KIND_ZLIB, CODEC_ZSTD: KIND_ZSTD}
 
 
 @dataclass
@@ -33,6 +36,8 @@ class ServerOptions:
     max_data: int = 1 << 20
     window: int = 64
     bauds: tuple[int, ...] = ()
+    #: block codecs the device offers; None = every one this process can decode
+    codecs: tuple[str, ...] | None = None
 
 
 class ZdlServer:
@@ -54,7 +59,8 @@ class ZdlServer:
         stop = stop or threading.Event()
         gate = _SessionGate(self.device, conn)
         engine = DeviceEngine(max_data=self.options.max_data, window=self.options.window,
-                              bauds=self.options.bauds, admit=gate.admit)
+                              bauds=self.options.bauds, codecs=self.options.codecs,
+                              admit=gate.admit)
         ping_deadline: float | None = None
         try:
             while not stop.is_set():
@@ -100,7 +106,7 @@ class ZdlServer:
             if isinstance(request, WriteBlock):
                 try:
                     self.device.write_block(request.partition, request.block, request.data,
-                                            compressed=request.codec == CODEC_ZLIB)
+                                            kind=_KIND_OF_CODEC[request.codec])
                 except ZflashError as exc:
                     return engine.reject_block(request, exc.code, exc.detail[:1000])
                 return []

@@ -43,7 +43,9 @@ MAX_ROLLBACK_LOCATION = 31
 KIND_ZERO = 0
 KIND_RAW = 1
 KIND_ZLIB = 2
-KIND_NAMES = {KIND_ZERO: "zero", KIND_RAW: "raw", KIND_ZLIB: "zlib"}
+KIND_ZSTD = 3
+KIND_NAMES = {KIND_ZERO: "zero", KIND_RAW: "raw", KIND_ZLIB: "zlib", KIND_ZSTD: "zstd"}
+COMPRESSED_KINDS = frozenset({KIND_ZLIB, KIND_ZSTD})
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 
@@ -283,7 +285,7 @@ def decode_table(data: bytes | memoryview, part: PartitionEntry, start_offset: i
         elif kind == KIND_RAW:
             if stored != raw_len or where != offset:
                 raise malformed(f"{part.name}[{index}]: raw block size/offset out of place")
-        elif kind == KIND_ZLIB:
+        elif kind in COMPRESSED_KINDS:
             if not 0 < stored < raw_len or where != offset:
                 raise malformed(f"{part.name}[{index}]: compressed block size/offset out of place")
         else:

@@ -21,23 +21,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from zflash.errors import Code, ZflashError
+from zflash.package.names import (ALG_IDS, ALGORITHMS, MAX_RSA_BITS, MIN_RSA_BITS,  # noqa: F401
+                                  default_trust_dir)
 
 PrivateKey = Union[ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey]
 PublicKey = Union[ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey, rsa.RSAPublicKey]
 
-ALGORITHMS = ("ed25519", "ecdsa-p256", "rsa-pss")
-ALG_IDS = {"ed25519": 1, "ecdsa-p256": 2, "rsa-pss": 3}
-MIN_RSA_BITS = 3072
-MAX_RSA_BITS = 8192
 MAX_KEY_FILE = 64 << 10
-
-
-def default_trust_dir() -> Path:
-    """``$ZFLASH_TRUST_DIR`` or ``$XDG_CONFIG_HOME/zflash/trusted-keys``."""
-    if os.environ.get("ZFLASH_TRUST_DIR"):
-        return Path(os.environ["ZFLASH_TRUST_DIR"])
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "zflash" / "trusted-keys"
 
 
 def algorithm_of(key: PrivateKey | PublicKey) -> str:

@@ -15,14 +15,18 @@ import threading
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Iterator
 
+from zflash import zstd
 from zflash.errors import Code, ZflashError
-from zflash.package.format import (HEADER_SIZE, KIND_RAW, KIND_ZERO, KIND_ZLIB, BlockEntry,
+from zflash.package.format import (HEADER_SIZE, KIND_RAW, KIND_ZERO, KIND_ZLIB, KIND_ZSTD,
+                                   BlockEntry,
                                    Header, Manifest, PartitionEntry, block_length, decode_table,
                                    malformed)
-from zflash.package.keys import TrustStore
 from zflash.package.signing import MANIFEST_DOMAIN, Signature, decode_signatures, verify
+
+if TYPE_CHECKING:
+    from zflash.package.keys import TrustStore
 
 _ZERO_DIGESTS: dict[int, bytes] = {}
 
@@ -105,6 +109,8 @@ def decode_block(part: PartitionEntry, index: int, entry: BlockEntry,
         raw: bytes | memoryview = stored
     elif entry.kind == KIND_ZLIB:
         raw = inflate_bounded(stored, length, part, index)
+    elif entry.kind == KIND_ZSTD:
+        raw = unzstd_bounded(stored, length, part, index)
     else:
         raise malformed(f"{part.name}[{index}]: unknown block kind {entry.kind}")
     if len(raw) != length or hashlib.sha256(raw).digest() != entry.sha256:
@@ -123,7 +129,33 @@ def expand_block(part: PartitionEntry, index: int, entry: BlockEntry,
         return stored
     if entry.kind == KIND_ZLIB:
         return inflate_bounded(stored, length, part, index)
+    if entry.kind == KIND_ZSTD:
+        return unzstd_bounded(stored, length, part, index)
     raise malformed(f"{part.name}[{index}]: unknown block kind {entry.kind}")
+
+
+#: package block kind -> the name of the wire codec that carries it unchanged
+WIRE_CODEC_OF_KIND = {KIND_RAW: "none", KIND_ZLIB: "zlib", KIND_ZSTD: "zstd"}
+
+
+def wire_form(part: PartitionEntry, index: int, entry: BlockEntry, stored: bytes | memoryview,
+              accepted: tuple[str, ...] | frozenset[str] | set[str]
+              ) -> tuple[str, bytes | memoryview]:
+    """How to send a stored block to a device that decodes the ``accepted`` codec names.
+
+    As stored when the device takes that codec (the device checks the hash); otherwise the
+    host decodes it (bounded; the caller checked the block against the table once already,
+    see ``targets.blocks``) and sends it raw. So a zstd package flashes onto a zlib-only device. Zero blocks
+    are not sent at all and are refused here.
+    """
+    if entry.kind == KIND_ZERO:
+        raise ZflashError(Code.INTERNAL, f"{part.name}[{index}]: zero blocks are not sent")
+    codec = WIRE_CODEC_OF_KIND.get(entry.kind)
+    if codec is None:
+        raise malformed(f"{part.name}[{index}]: unknown block kind {entry.kind}")
+    if codec in accepted:
+        return codec, stored
+    return "none", expand_block(part, index, entry, stored)
 
 
 def inflate_bounded(stored: bytes | memoryview, length: int, part: PartitionEntry,
@@ -137,6 +169,18 @@ def inflate_bounded(stored: bytes | memoryview, length: int, part: PartitionEntr
     if not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
         raise _bad_block(part, index, "compressed data does not end at the block's end")
     return raw
+
+
+def unzstd_bounded(stored: bytes | memoryview, length: int, part: PartitionEntry,
+                   index: int) -> bytes:
+    """Decode one zstd frame to exactly ``length`` bytes; a larger claim is refused unread."""
+    if not zstd.available():
+        raise malformed(f"{part.name}[{index}]: zstd block, but zstd support is not installed "
+                        "(pip install zstandard)")
+    try:
+        return zstd.decompress(stored, length)
+    except zstd.ZstdError as exc:
+        raise _bad_block(part, index, str(exc)) from None
 
 
 def _bad_block(part: PartitionEntry, index: int, why: str) -> ZflashError:

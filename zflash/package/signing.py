@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding
+from typing import TYPE_CHECKING
 
 from zflash.errors import Code, ZflashError
 from zflash.package.format import MAX_SIGNATURES, malformed
-from zflash.package.keys import ALG_IDS, PrivateKey, PublicKey, TrustStore, algorithm_of, key_id
+from zflash.package.names import ALG_IDS
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    from zflash.package.keys import PrivateKey, PublicKey, TrustStore
 
 MANIFEST_DOMAIN = b"zflash-package-manifest-v1\x00"
 SIG_HEADER = struct.Struct("<BBH32s")
@@ -36,6 +38,11 @@ class Signature:
 
 
 def sign(message: bytes, key: PrivateKey, domain: bytes = MANIFEST_DOMAIN) -> Signature:
+    # cryptography is imported where it is used: parsing a package (inspect) needs none of it
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from zflash.package.keys import algorithm_of, key_id
     algorithm = algorithm_of(key)
     data = domain + message
     if algorithm == "ed25519":
@@ -49,11 +56,16 @@ def sign(message: bytes, key: PrivateKey, domain: bytes = MANIFEST_DOMAIN) -> Si
 
 
 def _pss(salt_length: int) -> padding.PSS:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
     return padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=salt_length)
 
 
 def check_one(signature: Signature, public: PublicKey, message: bytes,
               domain: bytes = MANIFEST_DOMAIN) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding
     data = domain + message
     try:
         if signature.algorithm == "ed25519":

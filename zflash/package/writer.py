@@ -20,15 +20,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from zflash import zstd
 from zflash.errors import Code, ZflashError
 from zflash.package.format import (DEFAULT_BLOCK_SIZE, KIND_RAW, KIND_ZERO, KIND_ZLIB,
-                                   MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, BlockEntry, Header, Manifest,
+                                   KIND_ZSTD, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, BlockEntry, Header, Manifest,
                                    PartitionEntry)
 from zflash.package.images import open_image
 from zflash.package.keys import PrivateKey
+from zflash.package.names import CODECS, DEFAULT_CODEC
 from zflash.package.signing import encode_signatures, sign
 
-CODECS = ("zlib", "none")
+DEFAULT_ZLIB_LEVEL = 6
 _BATCH_BLOCKS = 64
 
 
@@ -59,11 +61,20 @@ class _BuiltPartition:
 
 
 def build_package(info: PackageInfo, sources: list[PartitionSource], keys: list[PrivateKey],
-                  out_path: Path, codec: str = "zlib", level: int = 6,
-                  block_size: int = DEFAULT_BLOCK_SIZE) -> Manifest:
-    """Write a signed package to ``out_path`` atomically and return its manifest."""
+                  out_path: Path, codec: str = DEFAULT_CODEC, level: int = DEFAULT_ZLIB_LEVEL,
+                  block_size: int = DEFAULT_BLOCK_SIZE,
+                  zstd_level: int = zstd.DEFAULT_LEVEL) -> Manifest:
+    """Write a signed package to ``out_path`` atomically and return its manifest.
+
+    ``level`` is zlib's (0..9), ``zstd_level`` zstd's (1..22).
+    """
     if codec not in CODECS:
         raise ZflashError(Code.USAGE, f"unknown codec {codec!r}; choose from {CODECS}")
+    if not 0 <= level <= 9 or not 1 <= zstd_level <= 22:
+        raise ZflashError(Code.USAGE, "zlib level must be 0..9 and zstd level 1..22")
+    if codec in ("auto", "zstd") and not zstd.available():
+        raise ZflashError(Code.USAGE, f"codec {codec!r} needs zstd support "
+                                      "(pip install zstandard); use --codec zlib")
     if block_size < MIN_BLOCK_SIZE or block_size > MAX_BLOCK_SIZE or block_size & (block_size - 1):
         raise ZflashError(Code.USAGE, f"block size must be a power of two in "
                                       f"{MIN_BLOCK_SIZE}..{MAX_BLOCK_SIZE}")
@@ -73,16 +84,17 @@ def build_package(info: PackageInfo, sources: list[PartitionSource], keys: list[
         raise ZflashError(Code.USAGE, "a package needs at least one signing key")
     out_path = Path(out_path)
     try:
-        return _build(info, sources, keys, out_path, codec, level, block_size)
+        return _build(info, sources, keys, out_path, _Codec(codec, level, zstd_level),
+                      block_size)
     except OSError as exc:  # reading inputs reports its own code; this is the output side
         raise ZflashError(Code.FILE_UNWRITABLE, f"{out_path}: {exc.strerror}") from None
 
 
 def _build(info: PackageInfo, sources: list[PartitionSource], keys: list[PrivateKey],
-           out_path: Path, codec: str, level: int, block_size: int) -> Manifest:
+           out_path: Path, codec: "_Codec", block_size: int) -> Manifest:
     out_dir = out_path.parent if str(out_path.parent) else Path(".")
     with tempfile.TemporaryFile(dir=out_dir) as payload, ThreadPoolExecutor(2) as pool:
-        built = [_build_partition(src, payload, codec, level, block_size, pool)
+        built = [_build_partition(src, payload, codec, block_size, pool)
                  for src in sources]
         manifest = Manifest(**asdict(info), partitions=tuple(b.entry for b in built))
         # Round-trip through the parser so a bad field fails here, not on the device.
@@ -96,14 +108,14 @@ def _build(info: PackageInfo, sources: list[PartitionSource], keys: list[Private
     return manifest
 
 
-def _build_partition(src: PartitionSource, payload: BinaryIO, codec: str, level: int,
+def _build_partition(src: PartitionSource, payload: BinaryIO, codec: "_Codec",
                      block_size: int, pool: ThreadPoolExecutor) -> _BuiltPartition:
     image_hash = hashlib.sha256()
     table: list[bytes] = []
     start = payload.tell()
     size = 0
     for batch in _batches(_blocks(src.path, block_size)):
-        encoded = pool.map(lambda b: _encode_block(b, codec, level), batch)
+        encoded = pool.map(codec.encode, batch)
         for raw, (kind, stored) in zip(batch, encoded):
             image_hash.update(raw)
             size += len(raw)
@@ -122,15 +134,29 @@ def _build_partition(src: PartitionSource, payload: BinaryIO, codec: str, level:
     return _BuiltPartition(entry, table_bytes)
 
 
-def _encode_block(raw: bytes, codec: str, level: int) -> tuple[int, bytes]:
-    """Zero blocks are not stored; compressed only when it saves bytes."""
-    if raw.count(0) == len(raw):
-        return KIND_ZERO, b""
-    if codec == "zlib":
-        packed = zlib.compress(raw, level)
-        if len(packed) < len(raw):
-            return KIND_ZLIB, packed
-    return KIND_RAW, raw
+@dataclass(frozen=True)
+class _Codec:
+    name: str
+    zlib_level: int
+    zstd_level: int
+
+    def encode(self, raw: bytes) -> tuple[int, bytes]:
+        """Zero blocks are not stored; otherwise the smallest form, raw when nothing saves.
+
+        On a tie zlib wins over zstd (more devices decode it) and raw over both.
+        """
+        if raw.count(0) == len(raw):
+            return KIND_ZERO, b""
+        best: tuple[int, bytes] = (KIND_RAW, raw)
+        if self.name in ("auto", "zlib"):
+            packed = zlib.compress(raw, self.zlib_level)
+            if len(packed) < len(best[1]):
+                best = (KIND_ZLIB, packed)
+        if self.name in ("auto", "zstd"):
+            packed = zstd.compress(raw, self.zstd_level)
+            if len(packed) < len(best[1]):
+                best = (KIND_ZSTD, packed)
+        return best
 
 
 def _blocks(path: Path, block_size: int) -> Iterator[bytes]:

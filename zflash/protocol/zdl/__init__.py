@@ -56,9 +56,10 @@ expires: True means switch back), the requests ``Identify``, ``BeginUpdate``, ``
 ``codecs.decode_block``). ``keepalive()`` during long work.
 """
 
-from zflash.protocol.zdl.codecs import compress, decode_block
+from zflash.protocol.zdl.codecs import compress, decode_block, local_codecs
 from zflash.protocol.zdl.constants import (
-    CODEC_NONE, CODEC_ZLIB, DEFAULT_MAX_DATA, DEFAULT_WINDOW, MAX_MAX_DATA, MAX_WINDOW, VERSION,
+    CODEC_NONE, CODEC_ZLIB, CODEC_ZSTD, DEFAULT_MAX_DATA, DEFAULT_WINDOW, MAX_MAX_DATA,
+    MAX_WINDOW, VERSION,
     MsgType,
 )
 from zflash.protocol.zdl.device import DeviceEngine, DeviceState
@@ -76,12 +77,12 @@ from zflash.protocol.zdl.messages import (
 from zflash.protocol.zdl.stats import LinkStats
 
 __all__ = [
-    "CODEC_NONE", "CODEC_ZLIB", "DEFAULT_MAX_DATA", "DEFAULT_WINDOW", "MAX_MAX_DATA",
+    "CODEC_NONE", "CODEC_ZLIB", "CODEC_ZSTD", "DEFAULT_MAX_DATA", "DEFAULT_WINDOW", "MAX_MAX_DATA",
     "MAX_WINDOW", "NEED_DATA", "VERSION", "BaudSwitched", "BeginUpdate", "BlockHashes",
     "BlockRejected", "CommitPartition", "Damage", "Data", "DeviceEngine", "DeviceState",
     "Done", "Erase", "Error", "Facts", "Frame", "FrameDecoder", "Hashes", "Hello",
     "HostEngine", "HostState", "Identify", "KeepBlocks", "Kept", "LinkStats", "Message",
     "MsgType", "NeedData", "Ok", "Ping", "Pong", "Read", "ReadDone", "Reboot", "Retransmitted",
     "Session", "SessionStarted", "SetActive", "SwitchBaud", "UpdateReady", "Welcome",
-    "WriteBlock", "compress", "decode_block", "decode_message", "encode_frame",
+    "WriteBlock", "compress", "decode_block", "decode_message", "encode_frame", "local_codecs",
 ]

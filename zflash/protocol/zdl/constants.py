@@ -33,7 +33,8 @@ DATA_HEADER = struct.Struct("<Q")        # offset
 
 CODEC_NONE = 0
 CODEC_ZLIB = 1
-CODEC_NAMES: dict[int, str] = {CODEC_NONE: "none", CODEC_ZLIB: "zlib"}
+CODEC_ZSTD = 2
+CODEC_NAMES: dict[int, str] = {CODEC_NONE: "none", CODEC_ZLIB: "zlib", CODEC_ZSTD: "zstd"}
 
 
 class MsgType(IntEnum):

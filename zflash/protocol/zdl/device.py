@@ -14,6 +14,7 @@ from enum import Enum
 from typing import Callable
 from zflash.errors import Code, ZflashError
 from zflash.protocol.zdl import chunks
+from zflash.protocol.zdl.codecs import local_codecs
 from zflash.protocol.zdl.constants import (
     CHUNKABLE_TYPES,
     CODEC_NAMES,
@@ -68,12 +69,13 @@ class DeviceEngine:
     """One device-side ZDL connection. ``bauds``: rates this link may switch to (serial)."""
 
     def __init__(self, *, max_data: int = MAX_MAX_DATA, window: int = MAX_WINDOW,
-                 codecs: tuple[str, ...] = ("zlib", "none"),
+                 codecs: tuple[str, ...] | None = None,
                  versions: tuple[int, ...] = SUPPORTED_VERSIONS,
                  bauds: tuple[int, ...] = (),
                  admit: Callable[[], tuple[int, str] | None] | None = None) -> None:
         if not MIN_MAX_DATA <= max_data <= MAX_MAX_DATA or not 1 <= window <= MAX_WINDOW:
             raise _misuse("max_data or window out of range")
+        codecs = local_codecs() if codecs is None else codecs  # default: all we can decode
         if "none" not in codecs or not set(codecs) <= set(CODEC_NAMES.values()):
             raise _misuse("codecs must be known and include 'none'")
         self.max_data = max_data

@@ -16,6 +16,7 @@ from typing import Any
 
 from zflash.errors import Code, ZflashError
 from zflash.protocol.zdl import chunks
+from zflash.protocol.zdl.codecs import local_codecs
 from zflash.protocol.zdl.constants import (
     BLOCK_HEADER,
     CODEC_NAMES,
@@ -102,10 +103,11 @@ class HostEngine:
     """One host-side ZDL connection. Not thread-safe; one per device."""
 
     def __init__(self, *, max_data: int = DEFAULT_MAX_DATA, window: int = DEFAULT_WINDOW,
-                 codecs: tuple[str, ...] = ("zlib", "none"),
+                 codecs: tuple[str, ...] | None = None,
                  versions: tuple[int, ...] = SUPPORTED_VERSIONS) -> None:
         if not MIN_MAX_DATA <= max_data <= MAX_MAX_DATA or not 1 <= window <= MAX_WINDOW:
             raise _misuse("max_data or window out of range")
+        codecs = local_codecs() if codecs is None else codecs  # default: all we can decode
         if "none" not in codecs or not set(codecs) <= set(CODEC_NAMES.values()):
             raise _misuse("codecs must be known and include 'none'")
         self.offer = Hello(tuple(versions), max_data, window, tuple(codecs))

@@ -7,14 +7,13 @@ partition, enforces every package rule itself and reports which slot booted.
 
 from __future__ import annotations
 
-import zlib
 from collections import deque
 from typing import Callable, Iterator
 
 from zflash.errors import Code, ZflashError
-from zflash.package.format import KIND_ZLIB, Manifest, PartitionEntry, block_length
-from zflash.package.reader import Package
-from zflash.protocol.zdl import (CODEC_NONE, CODEC_ZLIB, BeginUpdate, BlockHashes,
+from zflash.package.format import KIND_ZERO, Manifest, PartitionEntry, block_length
+from zflash.package.reader import Package, wire_form
+from zflash.protocol.zdl import (CODEC_NONE, CODEC_ZLIB, CODEC_ZSTD, BeginUpdate, BlockHashes,
                                  CommitPartition, Erase, Hashes, KeepBlocks, Kept, Ok, Reboot,
                                  SetActive, UpdateReady)
 from zflash.targets.base import (BootReport, Capabilities, Emit, Identity, Progress, Target,
@@ -22,6 +21,10 @@ from zflash.targets.base import (BootReport, Capabilities, Emit, Identity, Progr
 from zflash.targets.blocks import PartitionBlocks
 from zflash.targets.zdl.session import SessionOptions, ZdlSession
 from zflash.transport.base import Transport
+
+
+#: wire codec name (as offered in HELLO/WELCOME) -> its ZDL id
+WIRE_CODECS = {"none": CODEC_NONE, "zlib": CODEC_ZLIB, "zstd": CODEC_ZSTD}
 
 
 def expand(ranges: tuple[tuple[int, int], ...]) -> set[int]:
@@ -83,10 +86,10 @@ class ZdlTarget(Target):
 
     def write_partition(self, blocks: PartitionBlocks, index: int, slot: str | None,
                         skip: set[int], progress: Progress) -> Written:
-        """Stream the stored blocks with a window in flight; zlib blocks go as they are
-        stored when the device offers zlib, else expanded."""
+        """Stream the stored blocks with a window in flight; a compressed block goes as it
+        is stored when the device offers its codec, else expanded (``wire_form``)."""
         session, part = self.session, blocks.part
-        codec_zlib = "zlib" in (session.session.codecs if session.session else ())
+        accepted = tuple(session.session.codecs) if session.session else ()
         raw_lengths: deque[int] = deque()  # image bytes of each block in flight, in order
         acked_blocks = session.engine.blocks_acked
         sent = pieces = 0
@@ -94,15 +97,14 @@ class ZdlTarget(Target):
         def frames() -> Iterator[tuple[int, int, int, bytes]]:
             nonlocal sent, pieces
             for block, entry, stored in blocks.stored(skip):
+                if entry.kind == KIND_ZERO:
+                    continue  # never sent: the device fills zero blocks at commit
                 raw_lengths.append(block_length(part, block))
-                if entry.kind == KIND_ZLIB and not codec_zlib:
-                    stored = zlib.decompress(stored)
-                    codec = CODEC_NONE
-                else:
-                    codec = CODEC_ZLIB if entry.kind == KIND_ZLIB else CODEC_NONE
-                sent += len(stored)
+                name, data = wire_form(part, block, entry, stored, accepted)
+                codec = WIRE_CODECS[name]
+                sent += len(data)
                 pieces += 1
-                yield index, block, codec, stored
+                yield index, block, codec, data
 
         def on_acked(wire_bytes: int) -> None:
             nonlocal acked_blocks
