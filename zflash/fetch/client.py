@@ -30,8 +30,8 @@ def _user_agent() -> str:
 USER_AGENT = _user_agent()
 # Errors that mean "the transfer broke" rather than "the server said no".
 TRANSFER_ERRORS = (http.client.HTTPException, ssl.SSLError, OSError)
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-_UNSATISFIED_RANGE = re.compile(r"^bytes \*/(\d+)$")
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)")
+_UNSATISFIED_RANGE = re.compile(r"bytes \*/([0-9]+)")
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class ContentRange:
 
 def parse_content_range(value: str | None) -> ContentRange | None:
     """``bytes FIRST-LAST/TOTAL`` from a 206 answer; None when absent or malformed."""
-    match = _CONTENT_RANGE.match((value or "").strip())
+    match = _CONTENT_RANGE.fullmatch((value or "").strip())
     if not match:
         return None
     first, last = int(match[1]), int(match[2])
@@ -55,7 +55,7 @@ def parse_content_range(value: str | None) -> ContentRange | None:
 
 def parse_unsatisfied_range(value: str | None) -> int | None:
     """The complete length from a 416 answer's ``bytes */TOTAL``."""
-    match = _UNSATISFIED_RANGE.match((value or "").strip())
+    match = _UNSATISFIED_RANGE.fullmatch((value or "").strip())
     return int(match[1]) if match else None
 
 

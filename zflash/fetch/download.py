@@ -28,7 +28,7 @@ from zflash.package.reader import Package
 CHUNK = 256 << 10
 PROGRESS_STEP = 1 << 20
 MAX_UNKNOWN_SIZE = 64 << 30  # cap when neither the catalog nor the server states a size
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Fetched:
 
 def safe_name(name: str) -> str:
     """A cache file name that cannot escape the cache directory."""
-    if not _SAFE_NAME.match(name) or name.endswith((".part", ".part.json")):
+    if not _SAFE_NAME.fullmatch(name) or name.endswith((".part", ".part.json")):
         raise ZflashError(Code.USAGE, f"cannot use {name!r} as a cache file name; the URL "
                                       "must end in a plain file name such as NAME.zpk")
     return name

@@ -45,7 +45,7 @@ KIND_RAW = 1
 KIND_ZLIB = 2
 KIND_NAMES = {KIND_ZERO: "zero", KIND_RAW: "raw", KIND_ZLIB: "zlib"}
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")  # fullmatch: no trailing newline
 
 
 def malformed(detail: str) -> ZflashError:
@@ -215,7 +215,7 @@ def _partition_from_json(obj: Any) -> PartitionEntry:
     if not isinstance(obj, dict) or set(obj) != fields:
         raise malformed(f"partition entry fields differ from {sorted(fields)}")
     name = obj["name"]
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise malformed(f"bad partition name {name!r}")
     if not isinstance(obj["slotted"], bool):
         raise malformed(f"{name}: 'slotted' must be true or false")
