@@ -1,8 +1,10 @@
 """One GET request over a pinned connection, with the response classified for the caller.
 
 http.client does the HTTP/1.1 framing (content-length, chunked, close-delimited); this module
-only turns its many exception types into coded errors and parses the one header resuming
-depends on, Content-Range.
+turns its many exception types into coded errors, refuses framing http.client would guess at
+(several or invalid Content-Length headers, Content-Length with Transfer-Encoding), holds
+every exchange to a minimum-progress rule (:mod:`zflash.fetch.watchdog`) and parses the one
+header resuming depends on, Content-Range.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from importlib import metadata
 from zflash.errors import Code, ZflashError
 from zflash.fetch.events import EventSink, ignore
 from zflash.fetch.tls import HttpsUrl, PinnedConnection, TlsPolicy
-
+from zflash.fetch.watchdog import MIN_PROGRESS, Watchdog
 
 
 def _user_agent() -> str:
@@ -32,6 +34,8 @@ USER_AGENT = _user_agent()
 TRANSFER_ERRORS = (http.client.HTTPException, ssl.SSLError, OSError)
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes \*/([0-9]+)")
+_LENGTH = re.compile(r"[0-9]{1,19}")
+READ_PIECE = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -63,21 +67,54 @@ class Exchange:
     """An open request: the pinned connection and its response, closed together."""
 
     def __init__(self, url: HttpsUrl, policy: TlsPolicy, headers: dict[str, str],
-                 on_event: EventSink = ignore) -> None:
+                 on_event: EventSink = ignore, min_progress: int = MIN_PROGRESS) -> None:
         self.url = url
         self.conn = PinnedConnection(url, policy, on_event)
+        self.watchdog: Watchdog | None = None
+        self._length: int | None = None
         try:
+            self.conn.connect()  # its own timeouts; the watchdog covers what follows
+            # Held here: http.client drops conn.sock once a "Connection: close" answer starts.
+            sock = self.conn.sock
+            self.watchdog = Watchdog(lambda: sock, policy.timeout, min_progress)
             self.conn.request("GET", url.target, headers={
                 "User-Agent": USER_AGENT, "Accept-Encoding": "identity",
                 "Connection": "close", **headers})
             self.response = self.conn.getresponse()
+            self._check_stall()
+            self.watchdog.body_started()
+            self._length = self._framing()
         except ZflashError:
-            self.conn.close()
+            self.close()
             raise
         except TRANSFER_ERRORS as exc:
-            self.conn.close()
+            self.close()
+            self._check_stall()
             raise ZflashError(Code.DOWNLOAD, f"{url.text}: request failed ({_describe(exc)})"
                               ) from None
+
+    def _framing(self) -> int | None:
+        """The body length from a single, valid Content-Length, or None when there is none."""
+        lengths = self.response.headers.get_all("Content-Length") or []
+        if not lengths:
+            return None
+        if len(lengths) > 1:
+            raise self._bad_framing(f"{len(lengths)} Content-Length headers")
+        if self.response.headers.get_all("Transfer-Encoding"):
+            raise self._bad_framing("both Content-Length and Transfer-Encoding")
+        value = lengths[0].strip(" \t")
+        if not _LENGTH.fullmatch(value):
+            raise self._bad_framing(f"invalid Content-Length {value[:40]!r}")
+        return int(value)
+
+    def _bad_framing(self, why: str) -> ZflashError:
+        return ZflashError(Code.DOWNLOAD, f"{self.url.text}: server sent {why}; the body's "
+                                          "length is ambiguous, so it is not read")
+
+    def _check_stall(self) -> None:
+        if self.watchdog is not None and self.watchdog.fired:
+            raise ZflashError(Code.DOWNLOAD, f"{self.url.text}: {self.watchdog.describe()}; "
+                                             "run the same command again to resume")
 
     @property
     def status(self) -> int:
@@ -88,13 +125,19 @@ class Exchange:
 
     def length(self) -> int | None:
         """Content-Length, or None for a chunked or close-delimited body."""
-        if self.response.chunked:
-            return None
-        value = self.header("Content-Length")
-        return int(value) if value and value.strip().isdigit() else None
+        return None if self.response.chunked else self._length
 
     def readinto(self, buffer: memoryview) -> int:
-        return self.response.readinto(buffer)
+        """Like the response's readinto; a stalled server is a coded error, not a short read."""
+        assert self.watchdog is not None
+        try:
+            count = self.response.readinto(buffer)
+        except TRANSFER_ERRORS:
+            self._check_stall()
+            raise
+        self._check_stall()
+        self.watchdog.progress(count)
+        return count
 
     def read_limited(self, limit: int) -> bytes:
         """The whole body, refused if it exceeds ``limit`` bytes."""
@@ -102,10 +145,12 @@ class Exchange:
         if declared is not None and declared > limit:
             raise ZflashError(Code.DOWNLOAD, f"{self.url.text}: {declared} bytes is more than "
                                              f"the {limit} allowed")
+        data = bytearray()
+        buffer = bytearray(min(READ_PIECE, limit + 1))
+        view = memoryview(buffer)
         try:
-            data = self.response.read(limit + 1)
-            while len(data) <= limit and (more := self.response.read(limit + 1 - len(data))):
-                data += more
+            while len(data) <= limit and (count := self.readinto(view[:limit + 1 - len(data)])):
+                data += view[:count]
         except TRANSFER_ERRORS as exc:
             raise ZflashError(Code.DOWNLOAD, f"{self.url.text}: transfer broke off "
                                              f"({_describe(exc)})") from None
@@ -114,9 +159,11 @@ class Exchange:
         if declared is not None and len(data) != declared:
             raise ZflashError(Code.DOWNLOAD, f"{self.url.text}: got {len(data)} of "
                                              f"{declared} bytes")
-        return data
+        return bytes(data)
 
     def close(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
         self.conn.close()
 
     def __enter__(self) -> "Exchange":
