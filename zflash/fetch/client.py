@@ -13,6 +13,7 @@ import http.client
 import re
 import ssl
 from dataclasses import dataclass
+from email.message import Message
 from importlib import metadata
 
 from zflash.errors import Code, ZflashError
@@ -63,6 +64,29 @@ def parse_unsatisfied_range(value: str | None) -> int | None:
     return int(match[1]) if match else None
 
 
+def body_length(headers: Message, where: str) -> int | None:
+    """The body length from a single, valid Content-Length, or None when there is none.
+
+    Several Content-Length headers (even equal ones), a value that is not plain digits, or
+    Content-Length next to Transfer-Encoding are refused: http.client would take the first
+    or read until close, and a length that is ambiguous cannot bound a download.
+    """
+    lengths = headers.get_all("Content-Length") or []
+    if not lengths:
+        return None
+    why = None
+    if len(lengths) > 1:
+        why = f"{len(lengths)} Content-Length headers"
+    elif headers.get_all("Transfer-Encoding"):
+        why = "both Content-Length and Transfer-Encoding"
+    elif not _LENGTH.fullmatch(value := str(lengths[0]).strip(" \t")):
+        why = f"invalid Content-Length {value[:40]!r}"
+    if why:
+        raise ZflashError(Code.DOWNLOAD, f"{where}: server sent {why}; the body's length is "
+                                         "ambiguous, so it is not read")
+    return int(lengths[0])
+
+
 class Exchange:
     """An open request: the pinned connection and its response, closed together."""
 
@@ -83,7 +107,7 @@ class Exchange:
             self.response = self.conn.getresponse()
             self._check_stall()
             self.watchdog.body_started()
-            self._length = self._framing()
+            self._length = body_length(self.response.headers, url.text)
         except ZflashError:
             self.close()
             raise
@@ -92,24 +116,6 @@ class Exchange:
             self._check_stall()
             raise ZflashError(Code.DOWNLOAD, f"{url.text}: request failed ({_describe(exc)})"
                               ) from None
-
-    def _framing(self) -> int | None:
-        """The body length from a single, valid Content-Length, or None when there is none."""
-        lengths = self.response.headers.get_all("Content-Length") or []
-        if not lengths:
-            return None
-        if len(lengths) > 1:
-            raise self._bad_framing(f"{len(lengths)} Content-Length headers")
-        if self.response.headers.get_all("Transfer-Encoding"):
-            raise self._bad_framing("both Content-Length and Transfer-Encoding")
-        value = lengths[0].strip(" \t")
-        if not _LENGTH.fullmatch(value):
-            raise self._bad_framing(f"invalid Content-Length {value[:40]!r}")
-        return int(value)
-
-    def _bad_framing(self, why: str) -> ZflashError:
-        return ZflashError(Code.DOWNLOAD, f"{self.url.text}: server sent {why}; the body's "
-                                          "length is ambiguous, so it is not read")
 
     def _check_stall(self) -> None:
         if self.watchdog is not None and self.watchdog.fired:
