@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo samples bench clean venv
+.PHONY: test fuzz demo samples bench clean venv
 
 venv: $(STAMP)
 
@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The fuzz suite with the long Hypothesis profile (tests/fuzz/fuzzing.py); `make test` runs it
+# with the short one.
+fuzz: $(STAMP)
+	ZFLASH_FUZZ_PROFILE=long $(PY) -m pytest -q tests/fuzz
 
 demo: $(STAMP)
 	$(PY) firmware-samples/demo.py

@@ -95,13 +95,17 @@ class DeviceFacts:
 
 
 def _str(value: Any) -> str:
+    """At most 256 printable characters: facts are printed, so no terminal control codes."""
     if not isinstance(value, str) or len(value) > 256:
         raise TypeError(f"expected a short string, got {type(value).__name__}")
+    if not value.isprintable():
+        raise ValueError(f"string {value[:40]!r} holds control characters")
     return value
 
 
 def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
+    """Within 0..2**63-1, the range every other zflash integer (manifests, ZDL) uses."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
         raise TypeError(f"expected an unsigned integer, got {value!r}")
     return value
 

@@ -13,8 +13,11 @@ from typing import Any, Callable
 from zflash.errors import ZflashError
 
 MAX_UINT = 2**63 - 1
-TEXT_RE = re.compile(r"^[\x20-\x7e]{1,64}$")
-HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+# Whole-string patterns, used with fullmatch: ``$`` alone would accept a trailing newline,
+# and a signed "A01\n" must not pass as a different value from "A01". Text has no leading or
+# trailing space for the same reason.
+TEXT_RE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,62}[\x21-\x7e])?")
+HEX64_RE = re.compile(r"[0-9a-f]{64}")
 
 
 class Fields:
@@ -29,8 +32,8 @@ class Fields:
         return value
 
     def text(self, value: Any, what: str) -> str:
-        if not isinstance(value, str) or not TEXT_RE.match(value):
-            raise self.error(f"{what} must be 1..64 printable ASCII characters")
+        if not isinstance(value, str) or not TEXT_RE.fullmatch(value):
+            raise self.error(f"{what} must be 1..64 printable ASCII characters, no space at either end")
         return value
 
     def texts(self, value: Any, what: str, unique: bool = True) -> tuple[str, ...]:
@@ -42,6 +45,6 @@ class Fields:
         return items
 
     def hex64(self, value: Any, what: str) -> str:
-        if not isinstance(value, str) or not HEX64_RE.match(value):
+        if not isinstance(value, str) or not HEX64_RE.fullmatch(value):
             raise self.error(f"{what} must be 64 lowercase hex digits")
         return value

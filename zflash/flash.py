@@ -24,8 +24,8 @@ from zflash.facts import DeviceFacts
 from zflash.package.format import KIND_ZERO, PartitionEntry
 from zflash.package.keys import TrustStore
 from zflash.package.reader import Package
-from zflash.targets.base import Emit, Identity, LinkOptions, Target, bytes_of, zero_blocks
-from zflash.targets.blocks import BlockCheck, PartitionBlocks
+from zflash.targets.base import Emit, Identity, LinkOptions, Target, bytes_of
+from zflash.targets.blocks import BlockCheck, BlockSet, PartitionBlocks
 from zflash.targets.registry import open_target
 
 HASH_BATCH = 65536  # blocks per block-hash request (ZDL's maximum)
@@ -177,9 +177,8 @@ def _run(target: Target, package: Package, trust: TrustStore, options: FlashOpti
     emit({"event": "plan", "image_bytes": manifest.image_size,
           "partitions": [p.name for p in manifest.partitions]})
     for index, part in enumerate(manifest.partitions):
-        have = {b for first, count in start.resumed.get(index, ())
-                for b in range(first, first + count)}
-        candidates = on_device.get(index, set()) - have \
+        have = BlockSet.from_ranges(part.block_count, start.resumed.get(index, ()))
+        candidates = {b for b in on_device.get(index, set()) if b not in have} \
             if start.slot == identity.facts.inactive_slot else set()
         checked = None if check is None else check.checked[part.name]
         _write_partition(target, PartitionBlocks(package, part, checked), index, have,
@@ -241,20 +240,21 @@ def _refuse_unasked_userdata(package: Package, options: FlashOptions) -> None:
 
 
 def _data_blocks(package: Package, part: PartitionEntry) -> list[int]:
-    return [i for i, e in enumerate(package.head.tables[part.name]) if e.kind != KIND_ZERO]
+    kinds = package.head.tables[part.name].kinds()
+    return [i for i, kind in enumerate(kinds) if kind != KIND_ZERO]
 
 
 def _write_partition(target: Target, blocks: PartitionBlocks, index: int,
-                     have: set[int], candidates: set[int], slot: str | None,
+                     have: BlockSet, candidates: set[int], slot: str | None,
                      summary: FlashSummary, emit: Emit) -> None:
     part = blocks.part
-    zero = zero_blocks(blocks.package, part)
-    summary.resumed_blocks += len(have - zero)
-    summary.zero_blocks += len(zero)
+    kinds = blocks.table.kinds()
+    summary.resumed_blocks += sum(1 for b in have if kinds[b] != KIND_ZERO)
+    summary.zero_blocks += kinds.count(KIND_ZERO)
     if candidates:
         kept = target.keep(index, part, sorted(candidates))
-        summary.kept_blocks += len(kept - have)
-        have |= kept
+        summary.kept_blocks += sum(1 for b in kept if b not in have)
+        have.update(kept)
     skipped = bytes_of(part, have)
     summary.skipped_bytes += skipped
     emit({"event": "partition_started", "partition": part.name, "size": part.size,
@@ -299,7 +299,7 @@ class _DeltaProbe:
                 continue
             blocks = min(part.block_count, -(-on_device.size // part.block_size))
             self.partitions.add(index)
-            for first, count in _data_runs(package.head.tables[part.name][:blocks]):
+            for first, count in _data_runs(package.head.tables[part.name].kinds()[:blocks]):
                 self.requests.append((index, part, first, count))
         self.found: dict[int, set[int]] = {}
 
@@ -341,12 +341,13 @@ class _DeltaProbe:
         return self.found
 
 
-def _data_runs(table: list, gap: int = 16) -> Iterator[tuple[int, int]]:
-    """(first, count) runs covering the blocks that carry data, at most HASH_BATCH long;
-    zero runs shorter than ``gap`` are bridged (one request beats many tiny ones)."""
+def _data_runs(kinds: bytes, gap: int = 16) -> Iterator[tuple[int, int]]:
+    """(first, count) runs covering the blocks that carry data (``kinds``: one block kind
+    byte per block), at most HASH_BATCH long; zero runs shorter than ``gap`` are bridged
+    (one request beats many tiny ones)."""
     start = end = None
-    for index, entry in enumerate(table):
-        if entry.kind == KIND_ZERO:
+    for index, kind in enumerate(kinds):
+        if kind == KIND_ZERO:
             continue
         if start is None:
             start = end = index

@@ -10,6 +10,8 @@ Rules (what the stock fastboot client relies on):
 * After the image's end the partition reads as zeros (the emulator's choice: a flashed
   partition then equals its source image padded with zeros, whatever was there before).
 * An image larger than the partition is refused before anything is written (9023).
+* A sparse image is validated whole (every header, chunk size, CRC, truncation) before the
+  first byte is written: a malformed download is 9005 and the partition stays byte-identical.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 from typing import BinaryIO
 
 from zflash.errors import Code, ZflashError
-from zflash.package.sparse import ChunkType, SparseReader
+from zflash.package.sparse import ChunkType, SparseReader, validate_sparse
 
 COPY_PIECE = 8 << 20
 FILL_PIECE = 1 << 20
@@ -26,7 +28,13 @@ FILL_PIECE = 1 << 20
 
 def write_image(path: os.PathLike[str] | str, capacity: int, source: BinaryIO, size: int,
                 sparse: bool) -> int:
-    """Write ``size`` bytes of ``source`` (raw or sparse) into ``path``; returns image size."""
+    """Write ``size`` bytes of ``source`` (raw or sparse) into ``path``; returns image size.
+
+    ``source`` must be seekable (the device's download buffer): a sparse image is read twice,
+    once to validate it and once to write it.
+    """
+    if sparse:
+        _check_fits(validate_sparse(source).expanded_size, capacity)
     with open(path, "r+b") as out:
         if sparse:
             end = _write_sparse(out, capacity, source)
@@ -92,7 +100,7 @@ def _kernel_copy(out: BinaryIO, source: BinaryIO, start: int, size: int) -> int:
 
 
 def _write_sparse(out: BinaryIO, capacity: int, source: BinaryIO) -> int:
-    reader = SparseReader(source)
+    reader = SparseReader(source, check_crc=False)  # validated by write_image
     _check_fits(reader.total_size, capacity)
     fd = out.fileno()
     for chunk in reader.iter_chunks():

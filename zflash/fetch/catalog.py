@@ -25,8 +25,8 @@ CATALOG_DOMAIN = b"zflash-catalog-v1\x00"
 FORMAT_NAME = "zflash-catalog/1"
 MAX_CATALOG_SIZE = 4 << 20
 MAX_ENTRIES = 4096
-_URL = re.compile(r"^[\x21-\x7e]{1,2048}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_URL = re.compile(r"[\x21-\x7e]{1,2048}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 ENTRY_FIELDS = ("name", "url", "product", "hardware_revisions", "baseband_ids", "version",
                 "rollback_index", "rollback_location", "build_time", "size", "sha256",
                 "manifest_sha256")
@@ -127,9 +127,9 @@ def _catalog(obj: Any) -> Catalog:
 def _entry(obj: Any) -> CatalogEntry:
     _fields(obj, set(ENTRY_FIELDS), "package entry")
     name = obj["name"]
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise _bad(f"bad package name {name!r}")
-    if not isinstance(obj["url"], str) or not _URL.match(obj["url"]):
+    if not isinstance(obj["url"], str) or not _URL.fullmatch(obj["url"]):
         raise _bad(f"{name}: bad url")
     location = _uint(obj["rollback_location"], f"{name}.rollback_location")
     if location > MAX_ROLLBACK_LOCATION:

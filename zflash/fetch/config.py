@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from zflash.fetch.events import EventSink, ignore
+from zflash.fetch.watchdog import MIN_PROGRESS
 
 if TYPE_CHECKING:  # keeps `zflash --help` from loading ssl, http.client and the package code
     from zflash.fetch.tls import TlsPolicy
@@ -46,3 +47,4 @@ class FetchConfig:
     state_file: Path = field(default_factory=default_state_file)
     on_event: EventSink = ignore
     reconnects: int = DEFAULT_RECONNECTS  # automatic resumes within one run
+    min_progress: int = MIN_PROGRESS  # bytes per policy.timeout seconds, or the fetch stops

@@ -6,29 +6,37 @@ and never splices two different files together. Only a file that passed every ch
 SHA-256 when the catalog gave them, then the package signature and every block) is renamed
 to ``NAME``, atomically. A corrupt result is discarded and fetched once more from scratch;
 a second corrupt result is error 9012 and leaves nothing behind.
+
+Bounds: a download never exceeds the size the catalog promises, nor, once its first 64
+bytes are in, the size the package's own header promises (so a server streaming for ever
+stops at the package's end). Two fetches of one entry into one cache are serialized by an
+``flock`` on ``.locks/NAME`` in the cache, held from the cache check to the rename.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from zflash.errors import Code, ZflashError
 from zflash.fetch.client import (TRANSFER_ERRORS, Exchange, describe_status,
                                  parse_content_range, parse_unsatisfied_range)
 from zflash.fetch.config import FetchConfig
 from zflash.fetch.tls import HttpsUrl, parse_url
+from zflash.package.format import HEADER_SIZE, Header
 from zflash.package.reader import Package
 
 CHUNK = 256 << 10
 PROGRESS_STEP = 1 << 20
 MAX_UNKNOWN_SIZE = 64 << 30  # cap when neither the catalog nor the server states a size
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,7 @@ class Fetched:
 
 def safe_name(name: str) -> str:
     """A cache file name that cannot escape the cache directory."""
-    if not _SAFE_NAME.match(name) or name.endswith((".part", ".part.json")):
+    if not _SAFE_NAME.fullmatch(name) or name.endswith((".part", ".part.json")):
         raise ZflashError(Code.USAGE, f"cannot use {name!r} as a cache file name; the URL "
                                       "must end in a plain file name such as NAME.zpk")
     return name
@@ -65,6 +73,33 @@ def fetch_package(url: str, config: FetchConfig, expected: Expected = Expected()
                                                "trusted key")
     target = parse_url(url)
     name = safe_name(name or target.basename)
+    with entry_lock(config, name):
+        return _fetch_locked(target, name, config, expected)
+
+
+@contextlib.contextmanager
+def entry_lock(config: FetchConfig, name: str) -> Iterator[None]:
+    """Hold the cache entry ``name`` alone: another fetch of it waits (and says so)."""
+    folder = config.cache_dir / ".locks"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ZflashError(Code.FILE_UNWRITABLE, f"{config.cache_dir}: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            config.on_event({"event": "waiting", "name": name,
+                             "reason": "another zflash is fetching the same file"})
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _fetch_locked(target: HttpsUrl, name: str, config: FetchConfig,
+                  expected: Expected) -> Fetched:
     final = config.cache_dir / name
     cached = _reuse_cached(final, expected, config)
     if cached:
@@ -207,7 +242,8 @@ class _Transfer:
             validator = meta.get("etag") or meta.get("last_modified")
             if isinstance(validator, str) and validator:
                 headers["If-Range"] = validator
-        with Exchange(self.url, self.config.policy, headers, self.emit) as ex:
+        with Exchange(self.url, self.config.policy, headers, self.emit,
+                      self.config.min_progress) as ex:
             if ex.status == 200:
                 start, total = 0, ex.length()
             elif ex.status == 206 and offset:
@@ -256,12 +292,17 @@ class _Transfer:
         buffer = bytearray(CHUNK)
         view = memoryview(buffer)
         done = start
-        with open(self.part, "r+b" if start else "wb") as out:
+        with open(self.part, "r+b" if start else "w+b") as out:
+            head = bytearray(out.read(min(start, HEADER_SIZE)))
             out.seek(start)
             out.truncate()
             last = done
             try:
                 while count := ex.readinto(view):
+                    if len(head) < HEADER_SIZE:
+                        head += view[:min(count, HEADER_SIZE - len(head))]
+                        if len(head) == HEADER_SIZE:
+                            limit = self._promised(bytes(head), total, limit)
                     if done + count > limit:
                         raise ZflashError(Code.SIGNATURE, f"server sent more than {limit} "
                                                           "bytes")
@@ -281,6 +322,15 @@ class _Transfer:
                    "total": total})
         if total is not None and done < total:
             raise _Cut(done, f"server closed the connection at {done} of {total} bytes")
+
+
+    def _promised(self, head: bytes, total: int | None, limit: int) -> int:
+        """The package header's own size: the download's bound once 64 bytes are in."""
+        promised = Header.decode(head).total_size  # 9004 if this is not a package
+        if promised > limit or (total is not None and promised != total):
+            raise ZflashError(Code.MALFORMED_PACKAGE, f"package header promises {promised} "
+                                                      f"bytes; the download is {total or limit}")
+        return promised
 
 
 class _Cut(Exception):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
 COPY_CHUNK = 256 << 10
 
 
@@ -139,7 +139,7 @@ class RangeRequestHandler(BaseHTTPRequestHandler):
         if_range = self.headers.get("If-Range")
         if if_range and if_range not in (etag, modified):
             return None  # the file changed: send it whole
-        match = _RANGE.match(header.strip())
+        match = _RANGE.fullmatch(header.strip())
         if not match or not (match[1] or match[2]):
             return None  # several ranges or unparsable: a whole answer is always allowed
         if match[1]:

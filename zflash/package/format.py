@@ -13,8 +13,9 @@ import hashlib
 import json
 import re
 import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from zflash.errors import Code, ZflashError
 from zflash.fields import Fields
@@ -47,7 +48,7 @@ KIND_ZSTD = 3
 KIND_NAMES = {KIND_ZERO: "zero", KIND_RAW: "raw", KIND_ZLIB: "zlib", KIND_ZSTD: "zstd"}
 COMPRESSED_KINDS = frozenset({KIND_ZLIB, KIND_ZSTD})
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")  # fullmatch: no trailing newline
 
 
 def valid_partition_name(name: object) -> bool:
@@ -222,7 +223,7 @@ def _partition_from_json(obj: Any) -> PartitionEntry:
     if not isinstance(obj, dict) or set(obj) != fields:
         raise malformed(f"partition entry fields differ from {sorted(fields)}")
     name = obj["name"]
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise malformed(f"bad partition name {name!r}")
     if not isinstance(obj["slotted"], bool):
         raise malformed(f"{name}: 'slotted' must be true or false")
@@ -260,29 +261,76 @@ class BlockEntry:
                           self.stored_offset)
 
 
+class BlockTable(Sequence[BlockEntry]):
+    """One partition's checked table, kept as its 48-byte entries.
+
+    Why not a list of BlockEntry: a 64 GiB image has a million entries, and a million small
+    objects cost about 300 MiB; here an entry object exists only while a caller holds it, so
+    memory is the table's own size (and no copy of it: ``data`` is a view of the head).
+    """
+
+    def __init__(self, data: memoryview) -> None:
+        self._data = data
+
+    def __len__(self) -> int:
+        return len(self._data) // ENTRY_SIZE
+
+    @overload
+    def __getitem__(self, index: int) -> BlockEntry: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[BlockEntry]: ...
+
+    def __getitem__(self, index: int | slice) -> BlockEntry | list[BlockEntry]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        count = len(self)
+        if index < 0:
+            index += count
+        if not 0 <= index < count:
+            raise IndexError("block index out of range")
+        digest, kind, _reserved, stored, where = ENTRY.unpack_from(self._data,
+                                                                   index * ENTRY_SIZE)
+        return BlockEntry(digest, kind, stored, where)
+
+    def __iter__(self) -> Iterator[BlockEntry]:
+        for digest, kind, _reserved, stored, where in ENTRY.iter_unpack(self._data):
+            yield BlockEntry(digest, kind, stored, where)
+
+    def kinds(self) -> bytes:
+        """The kind byte of every block, in order (one C-level slice, no objects)."""
+        return bytes(self._data[32::ENTRY_SIZE])
+
+
 def decode_table(data: bytes | memoryview, part: PartitionEntry, start_offset: int
-                 ) -> list[BlockEntry]:
+                 ) -> BlockTable:
     """Decode and structurally check one partition's table.
 
     ``start_offset`` is where this partition's stored blocks begin in the payload; entries
     must follow each other without gaps, so the table fully determines the payload layout.
+    The check streams over the entries; nothing per entry is kept.
     """
+    data = memoryview(data)
     if len(data) != part.block_count * ENTRY_SIZE:
         raise malformed(f"{part.name}: table is {len(data)} bytes, expected "
                         f"{part.block_count * ENTRY_SIZE}")
     if hashlib.sha256(data).hexdigest() != part.table_sha256:
         raise ZflashError(Code.SIGNATURE, f"{part.name}: block table hash does not match the "
                                           "signed manifest")
-    entries = []
     offset = start_offset
-    for index, (digest, kind, reserved, stored, where) in enumerate(ENTRY.iter_unpack(data)):
-        raw_len = block_length(part, index)
-        if any(reserved):
-            raise malformed(f"{part.name}[{index}]: reserved bytes not zero")
+    last = part.block_count - 1
+    full = part.block_size
+    for index, (_digest, kind, reserved, stored, where) in enumerate(ENTRY.iter_unpack(data)):
         if kind == KIND_ZERO:
-            if stored or where:
-                raise malformed(f"{part.name}[{index}]: zero block with stored data")
-        elif kind == KIND_RAW:
+            if stored or where or reserved != b"\0\0\0":
+                raise malformed(f"{part.name}[{index}]: zero block with stored data"
+                                if stored or where else
+                                f"{part.name}[{index}]: reserved bytes not zero")
+            continue
+        if reserved != b"\0\0\0":
+            raise malformed(f"{part.name}[{index}]: reserved bytes not zero")
+        raw_len = full if index < last else block_length(part, index)
+        if kind == KIND_RAW:
             if stored != raw_len or where != offset:
                 raise malformed(f"{part.name}[{index}]: raw block size/offset out of place")
         elif kind in COMPRESSED_KINDS:
@@ -291,11 +339,10 @@ def decode_table(data: bytes | memoryview, part: PartitionEntry, start_offset: i
         else:
             raise malformed(f"{part.name}[{index}]: unknown block kind {kind}")
         offset += stored
-        entries.append(BlockEntry(digest, kind, stored, where))
     if offset - start_offset != part.stored_size:
         raise malformed(f"{part.name}: stored size {offset - start_offset} does not match "
                         f"the manifest's {part.stored_size}")
-    return entries
+    return BlockTable(data)
 
 
 def block_length(part: PartitionEntry, index: int) -> int:

@@ -20,15 +20,15 @@ from typing import TYPE_CHECKING, BinaryIO, Iterator
 from zflash import zstd
 from zflash.errors import Code, ZflashError
 from zflash.package.format import (HEADER_SIZE, KIND_RAW, KIND_ZERO, KIND_ZLIB, KIND_ZSTD,
-                                   BlockEntry,
-                                   Header, Manifest, PartitionEntry, block_length, decode_table,
-                                   malformed)
+                                   BlockEntry, BlockTable, Header, Manifest, PartitionEntry,
+                                   block_length, decode_table, malformed)
 from zflash.package.signing import MANIFEST_DOMAIN, Signature, decode_signatures, verify
 
 if TYPE_CHECKING:
     from zflash.package.keys import TrustStore
 
 _ZERO_DIGESTS: dict[int, bytes] = {}
+_ZERO_BLOCKS: dict[int, bytes] = {}
 
 
 def zero_digest(length: int) -> bytes:
@@ -39,6 +39,14 @@ def zero_digest(length: int) -> bytes:
     return digest
 
 
+def zero_block(length: int) -> bytes:
+    """``length`` zero bytes, one shared immutable object per length (no per-block buffer)."""
+    block = _ZERO_BLOCKS.get(length)
+    if block is None:
+        block = _ZERO_BLOCKS[length] = bytes(length)
+    return block
+
+
 @dataclass
 class PackageHead:
     """Everything before the payload, decoded and structurally checked."""
@@ -47,7 +55,7 @@ class PackageHead:
     manifest_bytes: bytes
     manifest: Manifest
     signatures: list[Signature]
-    tables: dict[str, list[BlockEntry]] = field(default_factory=dict)
+    tables: dict[str, BlockTable] = field(default_factory=dict)
     payload_starts: dict[str, int] = field(default_factory=dict)
     raw: bytes = b""  # the head exactly as read, every byte already checked
 
@@ -62,6 +70,7 @@ class PackageHead:
     @classmethod
     def decode(cls, data: bytes | memoryview, file_size: int | None = None) -> "PackageHead":
         """Decode a head from ``data`` (which may continue into the payload)."""
+        whole = data
         data = memoryview(data)
         header = Header.decode(bytes(data[:HEADER_SIZE]), file_size)
         if len(data) < header.payload_offset:
@@ -77,8 +86,11 @@ class PackageHead:
         if manifest.stored_size != header.payload_size:
             raise malformed(f"payload is {header.payload_size} bytes, the manifest says "
                             f"{manifest.stored_size}")
-        head = cls(header, manifest_bytes, manifest, signatures,
-                   raw=bytes(data[:header.payload_offset]))
+        # The head as read, without a copy when ``data`` is exactly it; tables are views of it.
+        raw = (whole if isinstance(whole, bytes) and len(whole) == header.payload_offset
+               else bytes(data[:header.payload_offset]))
+        data = memoryview(raw)
+        head = cls(header, manifest_bytes, manifest, signatures, raw=raw)
         table_pos, payload_pos = header.tables_offset, 0
         for part in manifest.partitions:
             size = part.block_count * 48
@@ -104,7 +116,7 @@ def decode_block(part: PartitionEntry, index: int, entry: BlockEntry,
     if entry.kind == KIND_ZERO:
         if entry.sha256 != zero_digest(length):
             raise _bad_block(part, index, "zero block hash is wrong")
-        return bytes(length)
+        return zero_block(length)
     if entry.kind == KIND_RAW:
         raw: bytes | memoryview = stored
     elif entry.kind == KIND_ZLIB:
@@ -209,8 +221,8 @@ class Package:
             self._file.seek(0)
             first = self._file.read(HEADER_SIZE)
             header = Header.decode(first, size)
-            rest = self._file.read(header.payload_offset - HEADER_SIZE)
-            self.head = PackageHead.decode(first + rest, size)
+            self._file.seek(0)
+            self.head = PackageHead.decode(self._file.read(header.payload_offset), size)
         except BaseException:
             self.close()
             raise

@@ -22,8 +22,9 @@ from typing import BinaryIO, Iterator
 
 from zflash import zstd
 from zflash.errors import Code, ZflashError
-from zflash.package.format import (DEFAULT_BLOCK_SIZE, KIND_RAW, KIND_ZERO, KIND_ZLIB,
-                                   KIND_ZSTD, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, BlockEntry, Header, Manifest,
+from zflash.package.format import (DEFAULT_BLOCK_SIZE, ENTRY_SIZE, KIND_RAW, KIND_ZERO,
+                                   KIND_ZLIB, KIND_ZSTD, MAX_BLOCK_SIZE, MAX_IMAGE_SIZE,
+                                   MAX_TABLES_SIZE, MIN_BLOCK_SIZE, BlockEntry, Header, Manifest,
                                    PartitionEntry)
 from zflash.package.images import open_image
 from zflash.package.keys import PrivateKey
@@ -94,6 +95,7 @@ def _build(info: PackageInfo, sources: list[PartitionSource], keys: list[Private
            out_path: Path, codec: "_Codec", block_size: int) -> Manifest:
     out_dir = out_path.parent if str(out_path.parent) else Path(".")
     with tempfile.TemporaryFile(dir=out_dir) as payload, ThreadPoolExecutor(2) as pool:
+        _check_sizes(sources, block_size)
         built = [_build_partition(src, payload, codec, block_size, pool)
                  for src in sources]
         manifest = Manifest(**asdict(info), partitions=tuple(b.entry for b in built))
@@ -106,6 +108,29 @@ def _build(info: PackageInfo, sources: list[PartitionSource], keys: list[Private
         _write_atomically(out_path, [header.encode(), manifest_bytes, signatures, tables],
                           payload)
     return manifest
+
+
+def _check_sizes(sources: list[PartitionSource], block_size: int) -> None:
+    """Refuse, before reading any data, images the package format cannot hold.
+
+    A sparse header may claim terabytes of DONT_CARE; expanding that to count blocks would
+    run for hours, so the bound comes from the headers: every image within MAX_IMAGE_SIZE and
+    all block tables together within MAX_TABLES_SIZE (48 bytes per block).
+    """
+    table_bytes = 0
+    for src in sources:
+        with open_image(src.path) as image:
+            size = image.size
+        if size > MAX_IMAGE_SIZE:
+            raise ZflashError(Code.MALFORMED_IMAGE, f"{src.path}: image of {size} bytes is "
+                                                    f"larger than the {MAX_IMAGE_SIZE} a "
+                                                    "package holds")
+        table_bytes += -(-size // block_size) * ENTRY_SIZE
+        if table_bytes > MAX_TABLES_SIZE:
+            raise ZflashError(Code.MALFORMED_IMAGE, f"{src.path}: the images need "
+                                                    f"{table_bytes} bytes of block tables, "
+                                                    f"more than {MAX_TABLES_SIZE}; use a "
+                                                    "larger --block-size or fewer images")
 
 
 def _build_partition(src: PartitionSource, payload: BinaryIO, codec: "_Codec",

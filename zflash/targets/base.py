@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator, Mapping
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 from zflash.checks import Failure
 from zflash.errors import Code, ZflashError
 from zflash.facts import DeviceFacts
-from zflash.package.format import KIND_ZERO, Manifest, PartitionEntry, block_length
+from zflash.package.format import Manifest, PartitionEntry, block_length
 from zflash.package.reader import Package
 from zflash.targets.blocks import PartitionBlocks
 
@@ -200,7 +200,8 @@ class Target(ABC):
         raise self.unsupported("reporting block hashes")
 
     def keep(self, index: int, part: PartitionEntry, blocks: list[int]) -> set[int]:
-        """Ask the device to take ``blocks`` from what it holds; returns those it took."""
+        """Ask the device to take ``blocks`` from what it holds; returns those it took
+        (never more than were asked, whatever the device answers)."""
         raise self.unsupported("keeping blocks already on the device")
 
     def verify_partition(self, index: int, part: PartitionEntry,
@@ -221,11 +222,6 @@ class Target(ABC):
         raise self.unsupported("erasing partitions")
 
 
-def zero_blocks(package: Package, part: PartitionEntry) -> set[int]:
-    """Blocks of ``part`` that the package stores as zeros."""
-    return {i for i, e in enumerate(package.head.tables[part.name]) if e.kind == KIND_ZERO}
-
-
-def bytes_of(part: PartitionEntry, blocks: Iterator[int] | set[int]) -> int:
+def bytes_of(part: PartitionEntry, blocks: Iterable[int]) -> int:
     """Image bytes covered by ``blocks`` of ``part`` (the last block may be short)."""
     return sum(block_length(part, i) for i in blocks)

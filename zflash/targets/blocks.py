@@ -119,3 +119,43 @@ class PartitionBlocks:
 
     def length(self, index: int) -> int:
         return block_length(self.part, index)
+
+
+class BlockSet:
+    """A set of block indexes of one partition as one byte per block: bounded by the
+    partition's block count whatever a device claims (a range list naming 2^40 blocks
+    costs nothing more than the partition's own size)."""
+
+    def __init__(self, count: int) -> None:
+        self._bits = bytearray(count)
+
+    @classmethod
+    def from_ranges(cls, count: int, ranges: Iterable[tuple[int, int]]) -> "BlockSet":
+        """(first, count) ranges, clipped to the partition."""
+        result = cls(count)
+        for first, length in ranges:
+            start, end = max(0, first), min(count, first + length)
+            if start < end:
+                result._bits[start:end] = b"\x01" * (end - start)
+        return result
+
+    def __contains__(self, index: object) -> bool:
+        return isinstance(index, int) and 0 <= index < len(self._bits) and \
+            bool(self._bits[index])
+
+    def add(self, index: int) -> None:
+        if 0 <= index < len(self._bits):
+            self._bits[index] = 1
+
+    def update(self, indexes: Iterable[int]) -> None:
+        for index in indexes:
+            self.add(index)
+
+    def __len__(self) -> int:
+        return self._bits.count(1)
+
+    def __iter__(self) -> Iterator[int]:
+        index = self._bits.find(1)
+        while index >= 0:
+            yield index
+            index = self._bits.find(1, index + 1)

@@ -25,7 +25,7 @@ Format facts used (AOSP libsparse ``sparse_format.h``; every integer is little-e
 
 Modules, one job each: ``format`` (constants, chunk types, header checks), ``crc`` (CRC32 of
 huge FILL/DONT_CARE runs), ``streams`` (short reads, peeking, spooled temporary files),
-``reader`` (parse, check and expand), ``writer`` (raw image to sparse; the chunk writer) and
+``reader`` (parse, check and expand), ``validate`` (a whole image checked before use), ``writer`` (raw image to sparse; the chunk writer) and
 ``split`` (pieces under a download limit). Choices beyond the format are in their docstrings.
 """
 
@@ -48,6 +48,12 @@ from zflash.package.sparse.reader import (
     iter_expanded,
     iter_ranges,
 )
+from zflash.package.sparse.validate import (
+    MAX_CHECKED_RUNS,
+    SparseSummary,
+    validate_sparse,
+    validate_sparse_file,
+)
 from zflash.package.sparse.split import Source, SparsePiece, min_split_size, split_sparse
 from zflash.package.sparse.writer import SparseStats, write_sparse
 
@@ -55,6 +61,7 @@ __all__ = [
     "CHUNK_HEADER_SIZE",
     "FILE_HEADER_SIZE",
     "MAGIC",
+    "MAX_CHECKED_RUNS",
     "MAJOR_VERSION",
     "MAX_WRITE_BLOCK_SIZE",
     "PIECE",
@@ -65,6 +72,7 @@ __all__ = [
     "SparseChunk",
     "SparsePiece",
     "SparseReader",
+    "SparseSummary",
     "SparseStats",
     "expand_to",
     "is_sparse",
@@ -72,5 +80,7 @@ __all__ = [
     "iter_ranges",
     "min_split_size",
     "split_sparse",
+    "validate_sparse",
+    "validate_sparse_file",
     "write_sparse",
 ]

@@ -32,10 +32,11 @@ class Assembler:
     duplicate and is ignored, and one above it marks a ``gap`` to be repaired by a re-send.
     """
 
-    def __init__(self, what: str, strict: bool, max_data: int) -> None:
+    def __init__(self, what: str, strict: bool, max_data: int, limit: int = MAX_MESSAGE) -> None:
         self.what = what
         self.strict = strict
         self.max_data = max_data
+        self.limit = min(limit, MAX_MESSAGE)  # the message type's own bound, from its class
         self.total: int | None = None
         self.received = 0
         self.gap = False
@@ -47,8 +48,10 @@ class Assembler:
             raise self._fail("piece without data")
         total, offset = CHUNK_HEADER.unpack_from(payload)
         data = payload[CHUNK_HEADER.size:]
-        if not 1 <= total <= MAX_MESSAGE or offset + len(data) > total or \
-                len(data) > self.max_data:
+        if total > self.limit:
+            raise self._fail(f"announces {total} bytes, more than the {self.limit} a "
+                             f"{self.what} may have")
+        if not 1 <= total or offset + len(data) > total or len(data) > self.max_data:
             raise self._fail("piece outside its message")
         if self.total is None:
             self.total = total

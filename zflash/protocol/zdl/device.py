@@ -38,6 +38,7 @@ from zflash.protocol.zdl.messages import (
     Welcome,
     WriteBlock,
     decode_message,
+    max_payload,
 )
 from zflash.protocol.zdl.stats import LinkStats
 
@@ -327,7 +328,8 @@ class DeviceEngine:
         payload = frame.payload
         if frame.flags & FLAG_CHUNK:
             if self._assembler is None:
-                self._assembler = chunks.Assembler(kind.name, True, self.session.max_data)
+                self._assembler = chunks.Assembler(kind.name, True, self.session.max_data,
+                                                   max_payload(kind))
             elif self._assembler.what != kind.name:
                 raise ZflashError(Code.PROTOCOL, "pieces of two requests mixed")
             whole = self._assembler.add(payload)

@@ -59,6 +59,7 @@ from zflash.protocol.zdl.messages import (
     Read,
     Welcome,
     decode_message,
+    max_payload,
 )
 from zflash.protocol.zdl.stats import LinkStats
 from zflash.protocol.zdl.wirejson import U32, ranges_subset
@@ -390,7 +391,7 @@ class HostEngine:
                 if error.block is not None and error.partition is not None:
                     self._release(tag)
                     self._events.append(BlockRejected(error.partition, error.block,
-                                                      error.code, error.message))
+                                                      error.host_code, error.host_message))
                     return
             self.stats.ignored += 1  # a stale or re-sent answer
             return
@@ -405,7 +406,7 @@ class HostEngine:
             assembler = request.assembler
             if assembler is None or assembler.what != MsgType(frame.type).name:
                 assembler = request.assembler = chunks.Assembler(
-                    MsgType(frame.type).name, False, self._max_data)
+                    MsgType(frame.type).name, False, self._max_data, max_payload(frame.type))
             whole = assembler.add(payload)
             if whole is None:
                 if assembler.gap and assembler.is_last(payload):

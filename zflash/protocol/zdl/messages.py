@@ -28,7 +28,11 @@ from zflash.protocol.zdl.constants import (
     SUPPORTED_VERSIONS,
     MsgType,
 )
+from zflash.protocol.zdl.device_codes import host_code
 from zflash.protocol.zdl.wirejson import (
+    MAX_JSON,
+    MAX_JSON_ITEMS,
+    MAX_RANGES,
     U32,
     U63,
     Ranges,
@@ -44,12 +48,16 @@ MAX_BAUD = 100_000_000
 MIN_BAUD = 1200
 MAX_PARTITION_INDEX = 0xFFFF
 MAX_NAME = 64
+# A range list in JSON: "[4294967295,4294967295]," is 24 bytes and 3 elements per pair.
+RANGES_JSON = 24 * MAX_RANGES + 4096
+RANGES_ITEMS = 3 * MAX_RANGES + 1024
 
 
 class Message:
     """Base: ``TYPE`` is the frame type; ``parts()`` is the payload as buffers to join."""
 
     TYPE: ClassVar[MsgType]
+    MAX_PAYLOAD: ClassVar[int] = MAX_MESSAGE  # checked before decoding, and chunks before joining
 
     def parts(self) -> tuple[Buffer, ...]:
         raise NotImplementedError
@@ -65,6 +73,9 @@ class Message:
 class JsonMessage(Message):
     """A message whose payload is one canonical JSON object."""
 
+    MAX_PAYLOAD: ClassVar[int] = MAX_JSON
+    MAX_ITEMS: ClassVar[int] = MAX_JSON_ITEMS
+
     def to_json(self) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -73,7 +84,8 @@ class JsonMessage(Message):
 
     @classmethod
     def decode(cls, payload: memoryview) -> Message:
-        return cls.from_reader(Reader(loads(payload, cls.TYPE.name), cls.TYPE.name))
+        obj = loads(payload, cls.TYPE.name, cls.MAX_PAYLOAD, cls.MAX_ITEMS)
+        return cls.from_reader(Reader(obj, cls.TYPE.name))
 
     @classmethod
     def from_reader(cls, r: Reader) -> Message:
@@ -143,6 +155,7 @@ class Ping(Message):
     """Liveness probe and baud-switch check; answered in any state."""
 
     TYPE = MsgType.PING
+    MAX_PAYLOAD = MAX_TOKEN
     token: bytes = b""
 
     def parts(self) -> tuple[Buffer, ...]:
@@ -196,6 +209,7 @@ class WriteBlock(Message):
     """One block of a partition. ``seq`` is set by the receiving engine (not on the wire)."""
 
     TYPE = MsgType.WRITE_BLOCK
+    MAX_PAYLOAD = BLOCK_HEADER.size + MAX_MAX_DATA
     partition: int
     block: int
     codec: int
@@ -241,6 +255,8 @@ class BlockHashes(JsonMessage):
 
 @dataclass(frozen=True)
 class KeepBlocks(JsonMessage):
+    MAX_PAYLOAD = RANGES_JSON
+    MAX_ITEMS = RANGES_ITEMS
     """Blocks the host believes the target already holds; the device verifies them (delta)."""
 
     TYPE = MsgType.KEEP_BLOCKS
@@ -375,14 +391,35 @@ class Error(JsonMessage):
                      else r.int("partition", 0, MAX_PARTITION_INDEX, optional=True))
         return cls(r.int("code", 9000, 9999), r.str("message", 0, 1024), partition, block)
 
+    @property
+    def host_code(self) -> int:
+        """The code the host reports: the device's own, if it is one a device may send."""
+        return host_code(self.code)
+
+    @property
+    def host_message(self) -> str:
+        """The device's message, naming its code when :attr:`host_code` replaced it."""
+        if self.host_code == self.code:
+            return self.message
+        return (f"device sent error code {self.code}, which is not a device error code"
+                + (f": {self.message}" if self.message else ""))
+
     def to_exception(self) -> ZflashError:
-        """The device's refusal as the error the flasher raises."""
+        """The device's refusal as the error the flasher raises.
+
+        A code a device has no business sending (9001 "internal error", an unknown or
+        host-only code) becomes a protocol error that names the device's code.
+        """
+        if self.host_code != self.code:
+            return ZflashError(self.host_code, self.host_message)
         return ZflashError(self.code, f"device: {self.message}" if self.message else "")
 
 
 @dataclass(frozen=True)
 class Facts(Message):
     TYPE = MsgType.FACTS
+    MAX_PAYLOAD = 512 << 10  # 1024 partitions with 256-character names, and the rest
+    MAX_ITEMS = 16384
     facts: DeviceFacts
 
     def parts(self) -> tuple[Buffer, ...]:
@@ -390,7 +427,8 @@ class Facts(Message):
 
     @classmethod
     def decode(cls, payload: memoryview) -> Facts:
-        return cls(DeviceFacts.from_dict(loads(payload, cls.TYPE.name)))
+        obj = loads(payload, cls.TYPE.name, cls.MAX_PAYLOAD, cls.MAX_ITEMS)
+        return cls(DeviceFacts.from_dict(obj))
 
 
 @dataclass(frozen=True)
@@ -398,6 +436,8 @@ class UpdateReady(JsonMessage):
     """Update accepted: journal id, target slot, and blocks already held verified (resume)."""
 
     TYPE = MsgType.UPDATE_READY
+    MAX_PAYLOAD = RANGES_JSON  # all partitions' ranges together
+    MAX_ITEMS = RANGES_ITEMS
     session: str
     slot: str | None
     have: dict[int, Ranges] = field(default_factory=dict)
@@ -424,6 +464,7 @@ class UpdateReady(JsonMessage):
 @dataclass(frozen=True)
 class Hashes(Message):
     TYPE = MsgType.HASHES
+    MAX_PAYLOAD = 32 * MAX_HASH_COUNT
     digests: tuple[bytes, ...]
 
     def parts(self) -> tuple[Buffer, ...]:
@@ -450,6 +491,7 @@ class Data(Message):
     """A piece of a READ: ``data`` starts at byte ``offset`` of the partition."""
 
     TYPE = MsgType.DATA
+    MAX_PAYLOAD = DATA_HEADER.size + MAX_MAX_DATA
     offset: int
     data: Buffer
 
@@ -504,9 +546,18 @@ RESPONSES: dict[int, frozenset[int]] = {
 }
 
 
+def max_payload(msg_type: int) -> int:
+    """The largest payload a message of this type may have (a chunked one included)."""
+    cls = MESSAGE_CLASSES.get(msg_type)
+    return MAX_MESSAGE if cls is None else cls.MAX_PAYLOAD
+
+
 def decode_message(msg_type: int, payload: memoryview) -> Message:
     """Decode an untrusted payload of a known type (ACK and NAK have no message object)."""
     cls = MESSAGE_CLASSES.get(msg_type)
     if cls is None:
         raise ZflashError(Code.PROTOCOL, f"no message of type 0x{msg_type:02x}")
+    if len(payload) > cls.MAX_PAYLOAD:
+        raise ZflashError(Code.PROTOCOL, f"{cls.TYPE.name} of {len(payload)} bytes, more than "
+                                         f"the {cls.MAX_PAYLOAD} it may have")
     return cls.decode(payload)

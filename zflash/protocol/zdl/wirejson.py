@@ -14,6 +14,8 @@ from zflash.errors import Code, ZflashError
 Ranges = tuple[tuple[int, int], ...]
 
 MAX_RANGES = 1 << 20
+MAX_JSON = 64 << 10  # default bound of a JSON payload, checked before parsing
+MAX_JSON_ITEMS = 4096  # default bound of its elements (values, pairs), checked before parsing
 U32 = 0xFFFFFFFF
 U63 = (1 << 63) - 1
 
@@ -35,10 +37,32 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
-def loads(payload: bytes | bytearray | memoryview, what: str) -> dict[str, Any]:
-    """Parse one JSON object; malformed input of any kind is a protocol error."""
+def json_items(raw: bytes) -> int:
+    """An upper bound of the elements in a JSON text, counted without parsing it.
+
+    Every value after the first in an array or object follows a comma, and every container
+    opens with a bracket; commas and brackets inside strings only raise the count.
+    """
+    return 1 + raw.count(b",") + raw.count(b"[") + raw.count(b"{")
+
+
+def loads(payload: bytes | bytearray | memoryview, what: str, max_bytes: int = MAX_JSON,
+          max_items: int = MAX_JSON_ITEMS) -> dict[str, Any]:
+    """Parse one JSON object; malformed input of any kind is a protocol error.
+
+    The size and the element count are bounded before ``json.loads`` builds anything: a
+    hostile peer's million-element list would otherwise cost hundreds of MB before any field
+    check could refuse it.
+    """
+    if len(payload) > max_bytes:
+        raise ZflashError(Code.PROTOCOL, f"{what}: JSON payload of {len(payload)} bytes, "
+                                         f"more than the {max_bytes} allowed")
+    raw = bytes(payload)
+    if json_items(raw) > max_items:
+        raise ZflashError(Code.PROTOCOL, f"{what}: JSON payload has more than {max_items} "
+                                         "elements")
     try:
-        obj = json.loads(bytes(payload).decode("utf-8"), object_pairs_hook=_no_duplicates,
+        obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates,
                          parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ZflashError(Code.PROTOCOL, f"{what}: malformed JSON ({exc})") from None

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 from zflash.errors import Code, ZflashError
-from zflash.package.sparse import SparseReader, is_sparse, split_sparse
+from zflash.package.sparse import SparseReader, is_sparse, split_sparse, validate_sparse_file
 from zflash.protocol.fastboot.constants import (DEFAULT_TCP_PORT, RESPONSE_TIMEOUT,
                                                 TCP_HANDSHAKE_TIMEOUT)
 from zflash.protocol.fastboot.events import (DataRequest, Fail, HostEvent, Info, Okay, Text,
@@ -377,6 +377,8 @@ class FastbootClient:
         """
         path = Path(path)
         size, expanded, sparse = image_sizes(path)
+        if sparse:  # the whole image is checked before a byte is sent (9005)
+            validate_sparse_file(path)
         capacity = self.partition_size(partition)
         if capacity is not None and expanded > capacity:
             raise ZflashError(Code.IMAGE_TOO_LARGE, f"{path.name} expands to {expanded} bytes; "

@@ -18,17 +18,13 @@ from zflash.protocol.zdl import (CODEC_NONE, CODEC_ZLIB, CODEC_ZSTD, BeginUpdate
                                  SetActive, UpdateReady)
 from zflash.targets.base import (BootReport, Capabilities, Emit, Identity, Progress, Target,
                                  UpdateStart, Verification, Written)
-from zflash.targets.blocks import PartitionBlocks
+from zflash.targets.blocks import BlockSet, PartitionBlocks
 from zflash.targets.zdl.session import SessionOptions, ZdlSession
 from zflash.transport.base import Transport
 
 
 #: wire codec name (as offered in HELLO/WELCOME) -> its ZDL id
 WIRE_CODECS = {"none": CODEC_NONE, "zlib": CODEC_ZLIB, "zstd": CODEC_ZSTD}
-
-
-def expand(ranges: tuple[tuple[int, int], ...]) -> set[int]:
-    return {block for first, count in ranges for block in range(first, first + count)}
 
 
 def to_ranges(blocks: list[int]) -> tuple[tuple[int, int], ...]:
@@ -76,7 +72,8 @@ class ZdlTarget(Target):
 
     def keep(self, index: int, part: PartitionEntry, blocks: list[int]) -> set[int]:
         kept = self.session.request(KeepBlocks(index, to_ranges(blocks)), Kept)
-        return expand(kept.ranges)  # type: ignore[attr-defined]
+        taken = BlockSet.from_ranges(part.block_count, kept.ranges)  # type: ignore[attr-defined]
+        return {b for b in blocks if b in taken}
 
     # ------------------------------------------------------------ update
     def begin(self, package: Package, identity: Identity) -> UpdateStart:
