@@ -19,12 +19,23 @@ SIGNING_PUB = SAMPLES / "keys" / "zx-demo-TEST-ONLY-signing.pub.pem"
 UNTRUSTED_KEY = SAMPLES / "keys" / "zx-demo-TEST-ONLY-untrusted.pem"
 
 
-def require_tool(name: str) -> str:
+def require_tool(name: str,
+                 hint: str = "Debian: android-sdk-libsparse-utils / fastboot") -> str:
     """Path of an interop peer; skip (saying why) when missing, fail in CI where it must exist."""
-    path = shutil.which(name)
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if path:
         return path
-    message = f"{name} not installed (Debian: android-sdk-libsparse-utils / fastboot)"
+    _missing(f"{name} not installed ({hint})")
+
+
+def require_module(name: str, hint: str) -> None:
+    """An optional Python peer (an extra such as zflash[labgrid]); as `require_tool`."""
+    import importlib.util
+    if importlib.util.find_spec(name) is None:
+        _missing(f"Python module {name} not installed ({hint})")
+
+
+def _missing(message: str):  # type: ignore[no-untyped-def]
     if os.environ.get("ZFLASH_REQUIRE_PEERS"):
         pytest.fail(f"{message}, but ZFLASH_REQUIRE_PEERS is set (CI installs it)")
     pytest.skip(message)
