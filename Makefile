@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test fuzz demo samples bench clean venv
+.PHONY: test fuzz demo demo-line samples bench clean venv
 
 venv: $(STAMP)
 
@@ -24,6 +24,11 @@ fuzz: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) firmware-samples/demo.py
+
+# A small line: devices plugged in one by one, flashed in parallel by `zflash station
+# --watch`, one refused (another baseband), the summary, then it ends by itself.
+demo-line: $(STAMP)
+	$(PY) firmware-samples/demo_line.py
 
 samples: $(STAMP)
 	$(PY) firmware-samples/build.py

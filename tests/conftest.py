@@ -25,12 +25,23 @@ TOOL_PACKAGES = {"img2simg": "android-sdk-libsparse-utils",
                  "ser2net": "ser2net", "socat": "socat", "sgdisk": "gdisk", "gdisk": "gdisk"}
 
 
-def require_tool(name: str) -> str:
+def require_tool(name: str, hint: str | None = None) -> str:
     """Path of an interop peer; skip (saying why) when missing, fail in CI where it must exist."""
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if path:
         return path
-    message = f"{name} not installed (Debian: apt-get install {TOOL_PACKAGES.get(name, name)})"
+    _missing(f"{name} not installed "
+             f"({hint or 'Debian: apt-get install ' + TOOL_PACKAGES.get(name, name)})")
+
+
+def require_module(name: str, hint: str) -> None:
+    """An optional Python peer (an extra such as zflash[labgrid]); as `require_tool`."""
+    import importlib.util
+    if importlib.util.find_spec(name) is None:
+        _missing(f"Python module {name} not installed ({hint})")
+
+
+def _missing(message: str):  # type: ignore[no-untyped-def]
     if os.environ.get("ZFLASH_REQUIRE_PEERS"):
         pytest.fail(f"{message}, but ZFLASH_REQUIRE_PEERS is set (CI installs it)")
     pytest.skip(message)

@@ -37,7 +37,7 @@ SHORT_HELP = {
     "pack": "Build a signed .zpk package from partition images (options override the recipe).",
     "inspect": "Summarise a package (structure is checked; the signature is not: use verify).",
     "verify": "Check the signature against trusted keys and every block against its hash.",
-    "emulate": "Run an emulated device in download mode until interrupted.",
+    "emulate": "Run an emulated device (or, with --devices, a line of them) until interrupted.",
     "info": "Show everything the device reports about itself.",
     "flash": "Flash a signed package (or, with --latest, the newest one from a catalog) into "
              "the device's inactive slot, verify, switch, reboot.",
@@ -49,7 +49,8 @@ SHORT_HELP = {
     "catalog": "Signed catalogs of packages for an update server.",
     "serve": "Serve FOLDER over HTTPS with Range support: for a workshop or a test, not "
              "production.",
-    "devices": "List devices in download mode: USB (ZDL, fastboot) and USB serial ports.",
+    "devices": "List devices in download mode: USB (ZDL, fastboot) and serial ports "
+               "(USB-serial bridges with their USB serial number; other ports with --tty).",
     "udev-rules": "Print (or install) the udev rules that give non-root users access to "
                   "devices.",
     "doctor": "Check that this machine can reach devices: libusb, permissions, udev rules, "

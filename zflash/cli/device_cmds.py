@@ -83,6 +83,18 @@ def link_settings(baud: int | None, max_data: int, window: int,
 @click.option("--fail-next-boot", is_flag=True, help="The next boot of the new slot fails.")
 @click.option("--url-file", type=click.Path(path_type=Path),
               help="Also write the URLs here, one per line (for scripts).")
+@click.option("--devices", "device_count", type=int,
+              help="A line of N devices (serials ZXEMU0001..; state in STATE/devNN, ptys at "
+                   "STATE/devNN.tty, TCP ports from --tcp BASE up, or free ones with 0).")
+@click.option("--schedule", type=click.Path(path_type=Path),
+              help="With --devices: lines 'T plug|unplug INDEX' and 'T stop' (T seconds "
+                   "from the start); a device whose first event is a plug starts unplugged.")
+@click.option("--control", type=click.Path(path_type=Path),
+              help="With --devices: a unix socket taking 'plug N', 'unplug N', 'status', "
+                   "'stop' lines.")
+@click.option("--device-option", "device_options", multiple=True, metavar="N:KEY=VALUE",
+              help="With --devices: set one device apart (keys product, hw-rev, baseband, "
+                   "serial-number, fail-next-boot, rate). Repeat.")
 def emulate(state_dir: Path, profile: Path | None, trust_files: tuple[Path, ...],
             product: str | None, hw_rev: str | None, baseband: str | None,
             serial_number: str | None, pty: bool,
@@ -90,8 +102,10 @@ def emulate(state_dir: Path, profile: Path | None, trust_files: tuple[Path, ...]
             rate: float | None, latency: float | None, drop_after: int | None,
             stall_after: int | None, corrupt: float, seed: int, serial_baud: int | None,
             baud_switch_fails: bool, power_loss: str | None,
-            fail_next_boot: bool, url_file: Path | None) -> None:
-    """Run an emulated device in download mode until interrupted.
+            fail_next_boot: bool, url_file: Path | None, device_count: int | None,
+            schedule: Path | None, control: Path | None,
+            device_options: tuple[str, ...]) -> None:
+    """Run an emulated device (or, with --devices, a line of them) until interrupted.
 
     A new state directory takes its identity and layout from --profile (JSON: product,
     hardware_revision, baseband, serial, partitions, cache_size, rollback_indexes,
@@ -104,12 +118,24 @@ def emulate(state_dir: Path, profile: Path | None, trust_files: tuple[Path, ...]
                          ("baseband", baseband), ("serial", serial_number)):
         if value is not None:
             setattr(device_profile, field, value)
+    faults = LinkFaults(rate, latency, drop_after, stall_after, corrupt, seed,
+                        serial_baud=serial_baud, baud_switch_fails=baud_switch_fails)
+    if device_count is not None or schedule or control or device_options:
+        from zflash.emulator.fleet import run_fleet
+        for flag, value in (("--serial-number", serial_number), ("--pty-link", pty_link),
+                            ("--power-loss", power_loss)):
+            if value is not None:
+                raise ZflashError(Code.USAGE, f"{flag} does not apply to --devices (use "
+                                              f"--device-option N:serial-number=X)")
+        run_fleet(state_dir, device_count or 1, device_profile, faults, fail_next_boot,
+                  list(device_options), pty, tcp_port, fastboot_port, schedule, control,
+                  url_file, log=lambda m: click.echo(f"emulator: {m}", err=True),
+                  out=click.echo)
+        return
     if (state_dir / "profile.json").exists() and (profile or trust_files or product or hw_rev
                                                    or baseband or serial_number):
         click.echo("emulator: note: the state directory already holds a device; its stored "
                    "identity and keys are used, identity options are ignored", err=True)
-    faults = LinkFaults(rate, latency, drop_after, stall_after, corrupt, seed,
-                        serial_baud=serial_baud, baud_switch_fails=baud_switch_fails)
     runner = EmulatorRunner(state_dir, device_profile, faults, power_loss, fail_next_boot,
                             log=lambda m: click.echo(f"emulator: {m}", err=True))
     if not len(runner.device.trust):

@@ -52,11 +52,13 @@ def _render(listing: Listing) -> None:
     rows = [("USB", d.vid, d.pid, d.serial or "?", d.port_path or "?", d.protocol,
              d.speed or "?", d.url + ("" if d.accessible else "  (permission denied)"))
             for d in listing.usb]
-    rows += [("SERIAL", p.vid, p.pid, p.serial or "?", p.device, "serial",
-              p.known or p.description or "", p.url) for p in listing.serial]
-    header = ("KIND", "ID", "SERIAL", "PORT", "PROTOCOL", "SPEED / BRIDGE", "URL")
-    table = [header] + [(k, f"{v:04x}:{p:04x}", s, port, proto, speed, url)
-                        for k, v, p, s, port, proto, speed, url in rows]
+    table = [("KIND", "ID", "SERIAL", "PORT", "PROTOCOL", "SPEED / BRIDGE", "URL")]
+    table += [(k, f"{v:04x}:{p:04x}", s, port, proto, speed, url)
+              for k, v, p, s, port, proto, speed, url in rows]
+    table += [("SERIAL", p.id_text, (p.serial or "?") if p.usb else "-", p.device, "serial",
+               p.known or p.description or ("USB serial" if p.usb else "not USB"), p.url)
+              for p in listing.serial]
+    header = table[0]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header) - 1)]
     for row in table:
         cells = [str(c).ljust(w) for c, w in zip(row, widths)]
@@ -69,17 +71,22 @@ def _render(listing: Listing) -> None:
               metavar="[SECONDS]",
               help="Block until a new device appears (for ever, or at most SECONDS); "
                    "list only the new one(s).")
+@click.option("--tty", "tty_globs", multiple=True, metavar="GLOB",
+              help="Also list serial ports matching GLOB, USB or not (/dev/ttyS*, "
+                   "/dev/serial/by-path/*, an emulator's STATE/dev*.tty). Repeat.")
 @usb_id_option
-def devices_cmd(as_json: bool, wait: str | None, usb_ids: tuple[str, ...]) -> None:
-    """List devices in download mode: USB (ZDL, fastboot) and USB serial ports."""
+def devices_cmd(as_json: bool, wait: str | None, tty_globs: tuple[str, ...],
+                usb_ids: tuple[str, ...]) -> None:
+    """List devices in download mode: USB (ZDL, fastboot) and serial ports (USB-serial
+    bridges with their USB serial number; other ports with --tty)."""
     table = load_id_table(usb_ids)
     if wait is None:
-        listing = list_devices(table)
+        listing = list_devices(table, tty_globs=tty_globs)
     else:
         seconds = _wait_seconds(wait)
         click.echo("waiting for a new device" + (f" (up to {seconds:g} s)" if seconds is not None
                                                  else "") + "...", err=True)
-        listing = wait_for_new(table, seconds)
+        listing = wait_for_new(table, seconds, tty_globs=tty_globs)
     for note in listing.notes:
         click.echo(f"note: {note}", err=True)
     if as_json:
