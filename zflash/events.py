@@ -41,14 +41,15 @@ class Stamper:
 
     def __init__(self, sink: Emit, url: str, *, serial: str | None = None,
                  port: str | None = None, interval: float = INTERVAL, tick: float = TICK,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 started: float | None = None) -> None:
         self.sink, self.interval, self.tick, self.clock = sink, interval, tick, clock
         self.device: dict[str, str] = {"url": url}
         if serial:
             self.device["serial"] = serial
         if port:
             self.device["port"] = port
-        self.started = clock()
+        self.started = clock() if started is None else started  # a job's retries share it
         self._lock = threading.RLock()
         self._pending: Event | None = None
         self._last_progress = self.started
@@ -153,6 +154,12 @@ class Stamper:
                     self._flush(now)
                 except Exception:  # noqa: BLE001 - a sink refusing a tick (a stop request)
                     pass           # is seen by the flash thread on its next event
+
+    def idle(self) -> None:
+        """No partition is being written any more (an attempt ended): ticks pause."""
+        with self._lock:
+            self._writing = None
+            self._flush(self.clock())
 
     def close(self) -> None:
         """Flush what is pending and stop the tick (an operation that ended early)."""

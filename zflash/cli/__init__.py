@@ -24,7 +24,7 @@ COMMAND_MODULES = {
     "slot": "device_cmds", "reboot": "device_cmds", "backup": "device_cmds",
     "fetch": "fetch_cmds", "catalog": "fetch_cmds", "serve": "fetch_cmds",
     "devices": "usb_cmds", "udev-rules": "usb_cmds", "doctor": "usb_cmds",
-    "fastboot": "fastboot_cmds",
+    "fastboot": "fastboot_cmds", "station": "station_cmds",
 }
 
 
