@@ -152,7 +152,7 @@ def run_station(cfg: Any, force_boot_failure: bool = False, pin_only: bool = Fal
         emit_json({"event": "station_report", **counts, "exit_code": result.exit_code,
                    "report": str(cfg.report) if cfg.report else None,
                    "junit": str(cfg.junit) if cfg.junit else None,
-                   "devices": [d.to_dict() for d in result.devices()]})
+                   "records": [d.to_dict() for d in result.devices()]})
     else:
         for device in result.devices():
             click.echo(f"{device.serial or device.port or device.url}: "
