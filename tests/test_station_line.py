@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from conftest import SIGNING_PUB
 from emulator_helpers import GOOD, demo_profile
+from test_events_schema import schema
 from zflash.cli import main
 from zflash.emulator.device import EmulatedDevice
 from zflash.emulator.runner import EmulatorRunner
@@ -105,6 +106,9 @@ def test_a_line_of_eight_devices(line, tmp_path):
     lines = [json.loads(l) for l in result.stdout.splitlines()]
     assert lines[-1]["event"] == "station_report"
     assert (lines[-1]["ok"], lines[-1]["failed"], lines[-1]["devices"]) == (6, 2, 8)
+    table = schema()  # every event of the run is in protocols/events.md, with its fields
+    for event in lines:
+        assert not table[event["event"]][0] - set(event), event
 
     data = json.loads(report.read_text())
     by_serial = {d["serial"]: d for d in data["devices"]}
