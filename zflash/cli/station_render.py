@@ -103,7 +103,7 @@ class StationRenderer:
         if kind == "check_failed":
             return f"check failed: {e['code']} {e['message']}"
         if kind == "partition_started":
-            return f"writing {e['target']}"
+            return f"writing {e.get('target') or e.get('partition')}"
         if kind == "bytes_sent" and job.percent is not None:
             step = int(job.percent // PIPE_STEPS)
             if step > self._steps.get(id(job), 0):

@@ -196,7 +196,10 @@ class Job:
         self._track(event)
         if self.log:
             self.log.write(event)
-        self._on_event(self, event)
+        try:
+            self._on_event(self, event)
+        except Exception:  # noqa: BLE001 - a display fault must not fail the device's flash
+            pass
         kind = event.get("event")
         if kind in POINT_OF_NO_RETURN:
             self._past_return = True
