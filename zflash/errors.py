@@ -62,6 +62,8 @@ class Code(IntEnum):
     CATALOG_EXPIRED = 9053
     DOWNLOAD = 9054
     NO_COMPATIBLE_PACKAGE = 9055
+    STATION_FAILURES = 9060
+    STATION_FILE = 9061
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,11 @@ _ROWS: tuple[tuple[Code, str, str], ...] = (
      "Check the network and run the same command again; the download resumes."),
     (Code.NO_COMPATIBLE_PACKAGE, "No package in the catalog fits this device",
      "Check the device's product, hardware revision and baseband with `zflash info`."),
+    (Code.STATION_FAILURES, "Some devices failed; see the report",
+     "Read each failed device's code in the report (--report/--junit) or its log "
+     "(--log-dir); replug it to try again."),
+    (Code.STATION_FILE, "The station file has a wrong key or value",
+     "Fix the line named in the message; `zflash station --help` lists every setting."),
 )
 
 #: (code, cause, what, fix): a cause's own meaning line and fix. A cause is named by the

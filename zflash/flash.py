@@ -20,6 +20,7 @@ from typing import Iterator
 
 from zflash.checks import Failure, check_all
 from zflash.errors import Code, ZflashError
+from zflash.events import stamping
 from zflash.facts import DeviceFacts
 from zflash.package.format import KIND_ZERO, PartitionEntry
 from zflash.package.keys import TrustStore
@@ -128,11 +129,12 @@ def _block_failure(error: ZflashError | None) -> list[Failure]:
 def flash(url: str, package_path: Path, trust: TrustStore, options: FlashOptions,
           emit: Emit) -> FlashSummary:
     """Flash one package into one device; safe to run again after any interruption."""
-    started = time.monotonic()
-    with Package(package_path) as package, open_target(url, options.link, emit) as target:
-        summary = _run(target, package, trust, options, emit)
-    summary.seconds = time.monotonic() - started
-    emit({"event": "done", **summary.to_dict()})
+    with stamping(emit, url) as emit:  # every event: elapsed, device; progress cadence
+        started = time.monotonic()
+        with Package(package_path) as package, open_target(url, options.link, emit) as target:
+            summary = _run(target, package, trust, options, emit)
+        summary.seconds = time.monotonic() - started
+        emit({"event": "done", **summary.to_dict()})
     if summary.fell_back:
         raise ZflashError(Code.BOOT_FAILED, f"slot {summary.slot} did not boot; the device "
                                             f"runs slot {summary.booted_slot} again")
@@ -362,28 +364,30 @@ def _data_runs(kinds: bytes, gap: int = 16) -> Iterator[tuple[int, int]]:
 def backup(url: str, partition: str, slot: str | None, out: Path, emit: Emit,
            options: LinkOptions | None = None) -> tuple[int, str]:
     """Read a partition back to ``out``; returns (bytes, SHA-256)."""
-    digest = hashlib.sha256()
-    with open_target(url, options, emit) as target:
-        if not target.capabilities.read:
-            raise target.unsupported("reading partitions back (backup)")
-        facts = target.identify().facts
-        info = facts.partition(partition)
-        if info is None:
-            raise ZflashError(Code.NO_SUCH_PARTITION, f"device has no partition {partition!r}")
-        if info.slotted and slot is None:
-            slot = facts.current_slot
-        tmp = out.with_name(f".{out.name}.part")
-        try:
-            handle = open(tmp, "wb")
-        except OSError as exc:
-            raise ZflashError(Code.FILE_UNWRITABLE, f"{out}: {exc.strerror}") from None
-        emit({"event": "backup_started", "partition": partition, "slot": slot,
-              "size": info.size})
-        with handle:
-            def sink(data: bytes) -> None:
-                handle.write(data)
-                digest.update(data)
-                emit({"event": "bytes_received", "bytes": len(data)})
-            target.read(partition, slot if info.slotted else None, 0, info.size, sink)
-        tmp.replace(out)
-    return info.size, digest.hexdigest()
+    with stamping(emit, url) as emit:  # every event: elapsed, device; progress cadence
+        digest = hashlib.sha256()
+        with open_target(url, options, emit) as target:
+            if not target.capabilities.read:
+                raise target.unsupported("reading partitions back (backup)")
+            facts = target.identify().facts
+            info = facts.partition(partition)
+            if info is None:
+                raise ZflashError(Code.NO_SUCH_PARTITION,
+                                  f"device has no partition {partition!r}")
+            if info.slotted and slot is None:
+                slot = facts.current_slot
+            tmp = out.with_name(f".{out.name}.part")
+            try:
+                handle = open(tmp, "wb")
+            except OSError as exc:
+                raise ZflashError(Code.FILE_UNWRITABLE, f"{out}: {exc.strerror}") from None
+            emit({"event": "backup_started", "partition": partition, "slot": slot,
+                  "size": info.size})
+            with handle:
+                def sink(data: bytes) -> None:
+                    handle.write(data)
+                    digest.update(data)
+                    emit({"event": "bytes_received", "bytes": len(data)})
+                target.read(partition, slot if info.slotted else None, 0, info.size, sink)
+            tmp.replace(out)
+        return info.size, digest.hexdigest()

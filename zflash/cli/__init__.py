@@ -25,7 +25,7 @@ COMMAND_MODULES = {
     "slot": "device_cmds", "reboot": "device_cmds", "backup": "device_cmds",
     "fetch": "fetch_cmds", "catalog": "fetch_cmds", "serve": "fetch_cmds",
     "devices": "usb_cmds", "udev-rules": "usb_cmds", "doctor": "usb_cmds",
-    "fastboot": "fastboot_cmds",
+    "fastboot": "fastboot_cmds", "station": "station_cmds",
 }
 
 #: Each command's short help (the first sentence of its docstring), so that `zflash --help`
@@ -55,6 +55,8 @@ SHORT_HELP = {
                   "devices.",
     "doctor": "Check that this machine can reach devices: libusb, permissions, udev rules, "
               "groups.",
+    "station": "Flash every device that shows up (USB ports, serial numbers, tty globs, URLs), "
+               "in parallel, once each; write one log per device and a run report.",
     "fastboot": "Talk to an Android fastboot bootloader (or `zflash emulate --fastboot-tcp`).",
 }
 

@@ -226,7 +226,8 @@ def info(url: str, baud: int | None, max_data: int, window: int, timeout: float,
 # ---------------------------------------------------------------------------------- flash
 @main.command()
 @click.argument("package", type=click.Path(path_type=Path), required=False)
-@device_option
+@click.option("-d", "--device", "urls", envvar="ZFLASH_DEVICE", required=True, multiple=True,
+              help=DEVICE_HELP)
 @trust_options
 @link_options
 @click.option("--latest", "catalog_url", metavar="CATALOG_URL",
@@ -246,7 +247,7 @@ def info(url: str, baud: int | None, max_data: int, window: int, timeout: float,
               help="Flash although a check cannot be made because the device does not "
                    "report the fact (each such check is listed, 9045).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line on stdout.")
-def flash(package: Path | None, url: str, trust_files: tuple[Path, ...],
+def flash(package: Path | None, urls: tuple[str, ...], trust_files: tuple[Path, ...],
           trust_dir: Path | None, baud: int | None, max_data: int, window: int, timeout: float,
           catalog_url: str | None, pins: tuple[str, ...], pin_file: Path | None,
           pin_only: bool, ca_file: Path | None, cache_dir: Path | None,
@@ -255,6 +256,11 @@ def flash(package: Path | None, url: str, trust_files: tuple[Path, ...],
           accept_unverifiable: bool, as_json: bool) -> None:
     """Flash a signed package (or, with --latest, the newest one from a catalog) into the
     device's inactive slot, verify, switch, reboot."""
+    if len(urls) > 1:  # never flash one and drop the others silently
+        raise ZflashError(Code.USAGE, f"flash takes one device, got {len(urls)} (-d "
+                                      f"{' -d '.join(urls)}); flash several with `zflash "
+                                      "station PACKAGE -d URL -d URL ...`")
+    url = urls[0]
     trust = load_trust(trust_files, trust_dir)
     if (package is None) == (catalog_url is None):
         raise ZflashError(Code.USAGE, "give a PACKAGE file or --latest CATALOG_URL (not both)")

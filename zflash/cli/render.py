@@ -1,5 +1,5 @@
 """Rendering events (flash, download): tqdm bars on a terminal, nothing on a pipe, JSON lines
-with --json.
+with --json (progress included, at the stamping layer's cadence).
 
 The library emits plain dict events; this is the only place that decides how they look.
 Progress goes to stderr, results to stdout. ``-q`` keeps only results and errors (no bars,
@@ -45,10 +45,9 @@ class EventRenderer:
 
     def __call__(self, event: dict[str, Any]) -> None:
         self.events.append(event)
-        if self.as_json:
-            if event["event"] not in ("bytes_sent", "bytes_received"):
-                stamped = {**event, "elapsed": round(time.monotonic() - self._started, 3)}
-                click.echo(json.dumps(stamped, sort_keys=True, default=str))
+        if self.as_json:  # progress too: the stamping layer (zflash.events) paces it
+            stamped = {"elapsed": round(time.monotonic() - self._started, 3), **event}
+            click.echo(json.dumps(stamped, sort_keys=True, default=str))
             return
         handler = getattr(self, f"_on_{event['event']}", None)
         if handler:
@@ -168,10 +167,12 @@ class DownloadRenderer:
         self.as_json = as_json
         self.bar: Any = None
         self.terminal = not as_json and sys.stderr.isatty() and verbosity() >= 0
+        self._started = time.monotonic()
 
     def __call__(self, event: dict[str, Any]) -> None:
         if self.as_json:
-            click.echo(json.dumps(event, sort_keys=True, default=str))
+            stamped = {"elapsed": round(time.monotonic() - self._started, 3), **event}
+            click.echo(json.dumps(stamped, sort_keys=True, default=str))
             return
         if not self.terminal:
             return

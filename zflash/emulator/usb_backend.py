@@ -11,6 +11,7 @@ Several backends (buses) can live side by side; nothing here is global.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Iterable
 from types import SimpleNamespace
 from typing import Any
@@ -50,28 +51,58 @@ class EmulatedUsbBackend(usb.backend.IBackend):
     def __init__(self, devices: Iterable[EmulatedUsbDevice] = ()) -> None:
         super().__init__()
         self.devices: list[EmulatedUsbDevice] = []
+        self._bus_lock = threading.Lock()  # hotplug from another thread while a host scans
         for device in devices:
             self.add(device)
 
     def add(self, device: EmulatedUsbDevice) -> EmulatedUsbDevice:
-        self.devices.append(device)
+        with self._bus_lock:
+            if device not in self.devices:
+                self.devices.append(device)
         return device
 
     def remove(self, device: EmulatedUsbDevice) -> None:
         device.unplug()
-        self.devices.remove(device)
+        with self._bus_lock:
+            if device in self.devices:
+                self.devices.remove(device)
+
+    # -- hotplug at run time (tests, `zflash emulate --devices N`) ----------------------------
+    def plug(self, device: EmulatedUsbDevice) -> EmulatedUsbDevice:
+        """Put ``device`` on the bus now (again, after ``unplug``): it enumerates with a new
+        address and its firmware starts afresh, as when a cable is plugged into a hub."""
+        self.add(device)
+        device.plug()
+        return device
+
+    def unplug(self, serial_or_port_path: str) -> EmulatedUsbDevice:
+        """Pull the device with this serial number or port path off the bus now (transfers in
+        progress fail with ENODEV). It stays known to the bus, so ``plug`` brings it back."""
+        with self._bus_lock:
+            found = [d for d in self.devices
+                     if serial_or_port_path in (d.serial, d.port_path) and d.present]
+        if not found:
+            raise KeyError(f"no plugged-in emulated USB device {serial_or_port_path!r}")
+        for device in found:
+            device.unplug()
+        return found[0]
 
     def shutdown(self) -> None:
         """Unplug everything, which ends every server thread."""
-        for device in self.devices:
+        with self._bus_lock:
+            devices = list(self.devices)
+        for device in devices:
             device.unplug()
-        for device in self.devices:
+        for device in devices:
             for thread in device.threads:
                 thread.join(timeout=5)
 
     # -- enumeration and descriptors -------------------------------------------------------
     def enumerate_devices(self) -> list[Session]:
-        return [d._session for d in self.devices if d.present and d._session is not None]
+        with self._bus_lock:
+            devices = list(self.devices)
+        sessions = [d._session for d in devices]
+        return [s for s in sessions if s is not None and not s.dead]
 
     def get_parent(self, dev: Session) -> None:
         return None
