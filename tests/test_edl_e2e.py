@@ -252,3 +252,38 @@ def test_512_byte_sector_emmc_device(tmp_path, monkeypatch):
     finally:
         _BUS.shutdown()
         _BUS = None
+
+
+def test_cli_emulate_edl_and_flash_over_the_com_pty(tmp_path):
+    """The real CLI both sides: `zflash emulate --edl` on a pty, `zflash flash` with the
+    programmer file given by --programmer."""
+    import os
+    import sys
+    import time
+    link = tmp_path / "ttyEDL"
+    urls = tmp_path / "urls"
+    zflash = [sys.executable, "-m", "zflash"]
+    emulator = subprocess.Popen([*zflash, "emulate", "--edl", "--state", str(tmp_path / "edl"),
+                                 "--pty-link", str(link), "--url-file", str(urls)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(200):
+            if urls.exists() and urls.read_text().strip():
+                break
+            time.sleep(0.05)
+        url = urls.read_text().strip()
+        assert url == f"edl+serial://{link}"
+        done = subprocess.run([*zflash, "flash", str(GOOD), "-d", url, "--trust",
+                               str(SIGNING_PUB), "--programmer",
+                               str(EDL / "prog_firehose_zx-demo-TEST-ONLY.elf"), "--json"],
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "ZFLASH_DEVICE": ""})
+        assert done.returncode == 0, done.stderr
+        assert '"event": "slot_switched"' in done.stdout or '"slot_switched"' in done.stdout
+        bad = subprocess.run([*zflash, "flash", str(EDL / "zx-demo-edl-1.1.0-other-hwid.zpk"),
+                              "-d", url, "--trust", str(SIGNING_PUB)],
+                             capture_output=True, text=True, timeout=120)
+        assert bad.returncode == Code.COMPATIBILITY - 9000, bad.stderr
+    finally:
+        emulator.terminate()
+        emulator.wait(timeout=10)
