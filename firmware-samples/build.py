@@ -17,7 +17,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from zflash.disk.avb import build_vbmeta  # noqa: E402
+from zflash.emulator.edl_disk import (BASEBAND_LENGTH, BASEBAND_OFFSET, EdlProfile,  # noqa: E402
+                                      test_programmer)
 from zflash.package import keys as keymod  # noqa: E402
+from zflash.package.edlspec import BasebandSource, EdlSpec, Programmer  # noqa: E402
 from zflash.package.reader import Package  # noqa: E402
 from zflash.package.writer import PackageInfo, PartitionSource, build_package  # noqa: E402
 
@@ -83,6 +87,73 @@ def corrupt_one_block(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+# --- Qualcomm EDL samples (zx-demo EDL layout: emulator/edl_disk.py) ---------------------
+EDL_PROFILE = EdlProfile()
+PROGRAMMER_NAME = "prog_firehose_zx-demo-TEST-ONLY.elf"
+WRONG_PROGRAMMER_NAME = "prog_firehose_other-TEST-ONLY.elf"
+EDL_SPEC = EdlSpec(hw_ids=(EDL_PROFILE.hw_id,), oem_key_hashes=(EDL_PROFILE.oem_key_hash,),
+                   programmer=Programmer(PROGRAMMER_NAME, test_programmer()),
+                   baseband=BasebandSource("modem", BASEBAND_OFFSET, BASEBAND_LENGTH))
+EDL_BASE = PackageInfo(product="zx-demo", hardware_revisions=("A01",),
+                       baseband_ids=("ZXB-100",), version="1.1.0", rollback_index=3,
+                       rollback_location=0, build_time=BUILD_TIME, edl=EDL_SPEC)
+EDL_LAYOUT = (("boot", True), ("system", True), ("vendor", True), ("vbmeta", True),
+              ("modem", False))
+EDL_SIZES = {"boot": 96 * 1024, "system": 384 * 1024, "vendor": 160 * 1024,
+             "modem": 64 * 1024}
+
+
+def edl_image(name: str, version: str, rollback: int, size: int) -> bytes:
+    if name == "vbmeta":
+        return build_vbmeta(rollback, release=f"zx-demo {version}").ljust(4096, b"\0")
+    image = bytearray(make_image(name, version, size))
+    if name == "modem":  # the baseband id where the manifest says (edl.baseband)
+        image[BASEBAND_OFFSET:BASEBAND_OFFSET + BASEBAND_LENGTH] = \
+            b"ZXB-100".ljust(BASEBAND_LENGTH, b"\0")
+    return bytes(image)
+
+
+def write_edl_images(out: Path, version: str, rollback: int,
+                     sizes: dict[str, int]) -> list[PartitionSource]:
+    folder = out / "images" / f"edl-{version}"
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = []
+    for name, slotted in EDL_LAYOUT:
+        path = folder / f"{name}.img"
+        path.write_bytes(edl_image(name, version, rollback, sizes.get(name, 0)))
+        sources.append(PartitionSource(name, path, slotted))
+    return sources
+
+
+def build_edl(out: Path, signing: keymod.PrivateKey) -> list[Path]:
+    """The EDL programmers (TEST-ONLY) and packages good / rollback / other HW id / too
+    large / corrupt."""
+    folder = out / "edl"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / PROGRAMMER_NAME).write_bytes(test_programmer())
+    (folder / WRONG_PROGRAMMER_NAME).write_bytes(test_programmer("other"))
+    good = write_edl_images(out, "1.1.0", 3, EDL_SIZES)
+    older = write_edl_images(out, "1.0.0", 1, EDL_SIZES)
+    huge = write_edl_images(out, "9.9.9-toolarge", 3, {**EDL_SIZES, "system": 3 << 20})
+    other = replace(EDL_SPEC, hw_ids=("000a50e100514986",))
+    plans = {
+        "zx-demo-edl-1.1.0.zpk": (EDL_BASE, good),
+        "zx-demo-edl-1.0.0-rollback.zpk": (replace(EDL_BASE, version="1.0.0",
+                                                   rollback_index=1), older),
+        "zx-demo-edl-1.1.0-other-hwid.zpk": (replace(EDL_BASE, edl=other), good),
+        "zx-demo-edl-1.1.0-too-large.zpk": (replace(EDL_BASE, version="9.9.9"), huge),
+        "zx-demo-edl-1.1.0-corrupt-block.zpk": (EDL_BASE, good),
+    }
+    written = [folder / PROGRAMMER_NAME, folder / WRONG_PROGRAMMER_NAME]
+    for name, (info, sources) in plans.items():
+        path = folder / name
+        build_package(info, sources, [signing], path)
+        if "corrupt" in name:
+            corrupt_one_block(path)
+        written.append(path)
+    return written
+
+
 def build_all(out: Path) -> list[Path]:
     ensure_keys()
     signing = keymod.load_private_key(SIGNING_KEY)
@@ -114,7 +185,7 @@ def build_all(out: Path) -> list[Path]:
         if "corrupt" in name:
             corrupt_one_block(path)
         written.append(path)
-    return written
+    return written + build_edl(out, signing)
 
 
 def main() -> None:

@@ -40,8 +40,11 @@ def device(tmp_path: Path):
 def test_backends_declare_their_capabilities() -> None:
     """The snippet of the issue: list the back-ends and what each can do."""
     declared = capabilities()
-    assert set(declared) == {"zdl", "fastboot"}
-    zdl, fastboot = declared["zdl"], declared["fastboot"]
+    assert set(declared) == {"zdl", "fastboot", "edl"}
+    zdl, fastboot, edl = declared["zdl"], declared["fastboot"], declared["edl"]
+    assert edl.block_hashes and edl.verifies_on_device and edl.set_active and edl.read
+    for lacking in ("resume", "enforces_checks", "staging_cache", "reports_boot"):
+        assert getattr(edl, lacking) is False, lacking
     assert all(zdl.to_dict().values()), "ZDL is zflash's own mode: it can do everything"
     assert fastboot.set_active and fastboot.reboot and fastboot.erase
     for lacking in ("block_hashes", "resume", "verifies_on_device", "enforces_checks", "read",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -95,6 +96,12 @@ def link_settings(baud: int | None, max_data: int, window: int,
 @click.option("--device-option", "device_options", multiple=True, metavar="N:KEY=VALUE",
               help="With --devices: set one device apart (keys product, hw-rev, baseband, "
                    "serial-number, fail-next-boot, rate). Repeat.")
+@click.option("--edl", is_flag=True,
+              help="Be a Qualcomm EDL device (Sahara + Firehose) on a pty, the QDLoader COM "
+                   "variant; the state directory then holds lun*.img files.")
+@click.option("--edl-quirk", "edl_quirks", multiple=True,
+              type=click.Choice(["logs-after-response", "pending-done"]),
+              help="EDL: a real programmer's habit to reproduce (repeat).")
 def emulate(state_dir: Path, profile: Path | None, trust_files: tuple[Path, ...],
             product: str | None, hw_rev: str | None, baseband: str | None,
             serial_number: str | None, pty: bool,
@@ -104,13 +111,18 @@ def emulate(state_dir: Path, profile: Path | None, trust_files: tuple[Path, ...]
             baud_switch_fails: bool, power_loss: str | None,
             fail_next_boot: bool, url_file: Path | None, device_count: int | None,
             schedule: Path | None, control: Path | None,
-            device_options: tuple[str, ...]) -> None:
+            device_options: tuple[str, ...], edl: bool, edl_quirks: tuple[str, ...]) -> None:
     """Run an emulated device (or, with --devices, a line of them) until interrupted.
 
     A new state directory takes its identity and layout from --profile (JSON: product,
     hardware_revision, baseband, serial, partitions, cache_size, rollback_indexes,
     trusted_keys, max_download_size) and the options; an existing one keeps its own."""
     from zflash.emulator.runner import EmulatorRunner, LinkFaults, load_profile
+    if edl:
+        from zflash.emulator.edl_runner import run_edl
+        sys.exit(run_edl(state_dir, pty_link, url_file, LinkFaults(
+            rate, latency, drop_after, stall_after, corrupt, seed), edl_quirks,
+            fail_next_boot, lambda m: click.echo(f"emulator: {m}", err=True)))
     if not (pty or tcp_port is not None or fastboot_port is not None):
         pty = True
     device_profile = load_profile(profile, list(trust_files))
@@ -246,6 +258,8 @@ def info(url: str, baud: int | None, max_data: int, window: int, timeout: float,
 @click.option("--accept-unverifiable", is_flag=True,
               help="Flash although a check cannot be made because the device does not "
                    "report the fact (each such check is listed, 9045).")
+@click.option("--programmer", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="EDL: the Firehose programmer to load (default: the package's).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line on stdout.")
 def flash(package: Path | None, urls: tuple[str, ...], trust_files: tuple[Path, ...],
           trust_dir: Path | None, baud: int | None, max_data: int, window: int, timeout: float,
@@ -253,7 +267,7 @@ def flash(package: Path | None, urls: tuple[str, ...], trust_files: tuple[Path, 
           pin_only: bool, ca_file: Path | None, cache_dir: Path | None,
           state_file: Path | None, no_reboot: bool, skip_host_checks: bool,
           wipe_userdata: bool, no_delta: bool, force_boot_failure: bool,
-          accept_unverifiable: bool, as_json: bool) -> None:
+          accept_unverifiable: bool, programmer: Path | None, as_json: bool) -> None:
     """Flash a signed package (or, with --latest, the newest one from a catalog) into the
     device's inactive slot, verify, switch, reboot."""
     if len(urls) > 1:  # never flash one and drop the others silently
@@ -265,6 +279,8 @@ def flash(package: Path | None, urls: tuple[str, ...], trust_files: tuple[Path, 
     if (package is None) == (catalog_url is None):
         raise ZflashError(Code.USAGE, "give a PACKAGE file or --latest CATALOG_URL (not both)")
     link = link_settings(baud, max_data, window, timeout)
+    if programmer is not None:
+        link = replace(link, programmer=str(programmer))
     if catalog_url:
         package = fetch_latest_for(url, link, catalog_url, trust, as_json, pins, pin_file,
                                    pin_only, ca_file, cache_dir, state_file)

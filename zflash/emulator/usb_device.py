@@ -37,7 +37,8 @@ import usb.core
 
 from zflash.emulator.link import HostDisconnected
 from zflash.errors import Code, ZflashError
-from zflash.usb.ids import EMULATED_PID, EMULATED_VID, FASTBOOT_INTERFACE, ZDL_INTERFACE
+from zflash.usb.ids import (EDL_INTERFACE, EMULATED_PID, EMULATED_VID, FASTBOOT_INTERFACE,
+                            ZDL_INTERFACE)
 
 EP_OUT, EP_IN = 0x01, 0x81
 # libusb error codes, as pyusb's libusb1 backend reports them
@@ -54,7 +55,7 @@ _ERRORS = {ERR_IO: (errno.EIO, "Input/output error"),
 # speed name -> (libusb speed, wMaxPacketSize of a bulk endpoint, bcdUSB, bMaxPacketSize0)
 SPEEDS = {"full": (2, 64, 0x0200, 64), "high": (3, 512, 0x0200, 64),
           "super": (4, 1024, 0x0300, 9)}
-INTERFACES = {"zdl": ZDL_INTERFACE, "fastboot": FASTBOOT_INTERFACE}
+INTERFACES = {"zdl": ZDL_INTERFACE, "fastboot": FASTBOOT_INTERFACE, "edl": EDL_INTERFACE}
 PIPE_CAPACITY = 16 << 20
 
 Server = Callable[["UsbDeviceLink"], object]

@@ -19,6 +19,7 @@ from typing import Any, overload
 
 from zflash.errors import Code, ZflashError
 from zflash.fields import Fields
+from zflash.package.edlspec import EdlSpec, edl_from_json
 
 MAGIC = b"ZPKG\r\n\x1a\n"
 FORMAT_VERSION = 1
@@ -151,6 +152,8 @@ class Manifest:
     rollback_location: int
     build_time: int
     partitions: tuple[PartitionEntry, ...]
+    #: Qualcomm EDL: the hardware it is for, its programmer (protocols/zpk.md 3.1)
+    edl: EdlSpec | None = None
 
     def partition(self, name: str) -> PartitionEntry | None:
         return next((p for p in self.partitions if p.name == name), None)
@@ -164,12 +167,15 @@ class Manifest:
         return sum(p.stored_size for p in self.partitions)
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT_NAME, "product": self.product,
-                "hardware_revisions": list(self.hardware_revisions),
-                "baseband_ids": list(self.baseband_ids), "version": self.version,
-                "rollback_index": self.rollback_index,
-                "rollback_location": self.rollback_location, "build_time": self.build_time,
-                "partitions": [p.to_json() for p in self.partitions]}
+        out = {"format": FORMAT_NAME, "product": self.product,
+               "hardware_revisions": list(self.hardware_revisions),
+               "baseband_ids": list(self.baseband_ids), "version": self.version,
+               "rollback_index": self.rollback_index,
+               "rollback_location": self.rollback_location, "build_time": self.build_time,
+               "partitions": [p.to_json() for p in self.partitions]}
+        if self.edl is not None:
+            out["edl"] = self.edl.to_json()
+        return out
 
     def encode(self) -> bytes:
         return canonical_json(self.to_json())
@@ -196,8 +202,8 @@ def _manifest_from_json(obj: Any) -> Manifest:
         raise malformed("manifest is not a JSON object")
     expected = {"format", "product", "hardware_revisions", "baseband_ids", "version",
                 "rollback_index", "rollback_location", "build_time", "partitions"}
-    if set(obj) != expected:
-        raise malformed(f"manifest fields differ from {sorted(expected)}")
+    if set(obj) - {"edl"} != expected:
+        raise malformed(f"manifest fields differ from {sorted(expected)} (+ optional edl)")
     if obj["format"] != FORMAT_NAME:
         raise malformed(f"manifest format {obj['format']!r}, expected {FORMAT_NAME!r}")
     parts_json = obj["partitions"]
@@ -214,7 +220,8 @@ def _manifest_from_json(obj: Any) -> Manifest:
                     rollback_index=_uint(obj["rollback_index"], "rollback_index", 2**63 - 1),
                     rollback_location=location,
                     build_time=_uint(obj["build_time"], "build_time", 2**63 - 1),
-                    partitions=partitions)
+                    partitions=partitions,
+                    edl=edl_from_json(obj["edl"]) if "edl" in obj else None)
 
 
 def _partition_from_json(obj: Any) -> PartitionEntry:

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -26,6 +26,7 @@ from zflash.package.format import (DEFAULT_BLOCK_SIZE, ENTRY_SIZE, KIND_RAW, KIN
                                    KIND_ZLIB, KIND_ZSTD, MAX_BLOCK_SIZE, MAX_IMAGE_SIZE,
                                    MAX_TABLES_SIZE, MIN_BLOCK_SIZE, BlockEntry, Header, Manifest,
                                    PartitionEntry)
+from zflash.package.edlspec import EdlSpec
 from zflash.package.images import open_image
 from zflash.package.keys import PrivateKey
 from zflash.package.names import CODECS, DEFAULT_CODEC
@@ -53,6 +54,8 @@ class PackageInfo:
     rollback_index: int
     rollback_location: int
     build_time: int
+    #: Qualcomm EDL packages only: hardware ids, programmer, baseband location
+    edl: EdlSpec | None = None
 
 
 @dataclass
@@ -98,7 +101,8 @@ def _build(info: PackageInfo, sources: list[PartitionSource], keys: list[Private
         _check_sizes(sources, block_size)
         built = [_build_partition(src, payload, codec, block_size, pool)
                  for src in sources]
-        manifest = Manifest(**asdict(info), partitions=tuple(b.entry for b in built))
+        manifest = Manifest(**{f.name: getattr(info, f.name) for f in fields(info)},
+                            partitions=tuple(b.entry for b in built))
         # Round-trip through the parser so a bad field fails here, not on the device.
         manifest_bytes = manifest.encode()
         Manifest.decode(manifest_bytes)

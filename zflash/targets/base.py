@@ -50,6 +50,8 @@ class LinkOptions:
     window: int = 32
     #: ZDL: a fixed retransmission timeout (None: derived from the link)
     rto: float | None = None
+    #: EDL: the Firehose programmer file to upload (None: the one the package carries)
+    programmer: str | None = None
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,16 @@ class PartitionBlocks:
                 raw = expand_block(self.part, index, entry, data)
             yield index, raw
 
+    def raw_at(self, index: int) -> bytes | memoryview:
+        """One block's raw bytes by position, hashed only if not checked before."""
+        entry = self.table[index]
+        data = read_stored(self.package, self.part, index)
+        if self._needs_check(index):
+            raw = decode_block(self.part, index, entry, data)
+            self.checked.add(index)  # type: ignore[union-attr]
+            return raw
+        return expand_block(self.part, index, entry, data)
+
     def stored_unchecked(self, skip: set[int]) -> Iterator[tuple[int, BlockEntry, bytes]]:
         for index, entry, data in self.package.iter_stored(self.part):
             if index not in skip:

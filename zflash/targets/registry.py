@@ -1,7 +1,8 @@
 """Which back-end speaks to a device URL, and opening it.
 
-The URL's scheme decides first (``fastboot+tcp://`` is fastboot; ``tcp://``, serial ports
-and pyserial URLs are ZDL); a ``usb://`` device is looked at without claiming it, and the
+The URL's scheme decides first (``fastboot+tcp://`` is fastboot, ``edl+serial://`` is
+Qualcomm EDL on a QDLoader COM port; ``tcp://``, serial ports and pyserial URLs are ZDL); a
+``usb://`` device is looked at without claiming it, and the
 download interface it offers (from the USB id table) names the back-end.
 """
 
@@ -12,6 +13,7 @@ from typing import Iterator
 
 from zflash.errors import Code, ZflashError
 from zflash.targets.base import Capabilities, Emit, LinkOptions, Target
+from zflash.targets.edl.target import EdlTarget
 from zflash.targets.fastboot.target import FastbootTarget, open_client
 from zflash.targets.zdl.session import SessionOptions
 from zflash.targets.zdl.target import ZdlTarget
@@ -19,7 +21,8 @@ from zflash.transport.open import open_transport
 from zflash.transport.url import parse_device_url
 
 #: Every download mode zflash speaks, by the name the USB id table and events use.
-BACKENDS: dict[str, type[Target]] = {"zdl": ZdlTarget, "fastboot": FastbootTarget}
+BACKENDS: dict[str, type[Target]] = {"zdl": ZdlTarget, "fastboot": FastbootTarget,
+                                     "edl": EdlTarget}
 
 
 def capabilities() -> dict[str, Capabilities]:
@@ -33,6 +36,8 @@ def protocol_of(url: str) -> str:
     parsed = parse_device_url(url)
     if parsed.scheme == "fastboot+tcp":
         return "fastboot"
+    if parsed.scheme == "edl+serial":
+        return "edl"
     if parsed.scheme != "usb":
         return "zdl"
     from zflash.transport.usb import target_from_url
@@ -55,6 +60,10 @@ def open_target(url: str, options: LinkOptions | None = None,
         if options.baud is not None:
             raise ZflashError(Code.USAGE, "--baud does not apply to fastboot devices")
         target = FastbootTarget(url, open_client(url, options.timeout), emit)
+    elif protocol == "edl":
+        if options.baud is not None:
+            raise ZflashError(Code.USAGE, "--baud does not apply to EDL devices")
+        target = EdlTarget(url, open_transport(url, timeout=options.timeout), options, emit)
     else:
         transport = open_transport(url, timeout=options.timeout)
         if options.baud is not None and not transport.has_baudrate:

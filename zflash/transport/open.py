@@ -20,7 +20,7 @@ def open_transport(url: str | DeviceUrl, timeout: float = DEFAULT_OPEN_TIMEOUT, 
     belongs to the fastboot layer above.
     """
     parsed = url if isinstance(url, DeviceUrl) else parse_device_url(url)
-    if parsed.scheme == "serial" or parsed.is_passthrough:
+    if parsed.scheme in ("serial", "edl+serial") or parsed.is_passthrough:
         from zflash.transport.serial import SerialTransport
         return SerialTransport.open(parsed, timeout=timeout, write_timeout=write_timeout)
     if parsed.scheme in ("tcp", "fastboot+tcp"):

@@ -155,7 +155,7 @@ class SerialTransport(Transport):
             port.timeout = 0 if _has_fd(port) else _SLICE
             if url.scheme != "rfc2217":  # pyserial's rfc2217 refuses a write timeout
                 port.write_timeout = write_timeout
-            if url.scheme == "serial":
+            if url.scheme in ("serial", "edl+serial"):
                 port.exclusive = True
             port.open()
         except (serial.SerialException, OSError, ValueError) as exc:
@@ -166,7 +166,7 @@ class SerialTransport(Transport):
             # pyserial 3.5's URL handlers crash while formatting their own "bad URL" message
             raise ZflashError(Code.BAD_DEVICE_URL,
                               f"{where}: pyserial rejected the URL ({exc!r})") from None
-        if url.scheme == "serial":
+        if url.scheme in ("serial", "edl+serial"):
             try:  # bytes left over from an earlier session would confuse the protocol
                 port.reset_input_buffer()
             except (serial.SerialException, OSError):

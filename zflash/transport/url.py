@@ -9,6 +9,7 @@ Accepted forms::
 
     serial:///dev/ttyUSB0?baud=921600   serial://COM3        /dev/ttyACM0   COM3
     tcp://127.0.0.1:5554                fastboot+tcp://HOST[:PORT]   (default port 5554)
+    edl+serial:///dev/ttyUSB0  edl+serial://COM5   (Qualcomm EDL over a QDLoader COM port)
     usb://1209:0001?serial=ABC          usb://1-2.3 (bus-port path)   usb:// (any device)
     rfc2217://...  socket://...  spy://...  loop://   (handed verbatim to pyserial)
 """
@@ -32,12 +33,14 @@ PASSTHROUGH_SCHEMES = frozenset({"rfc2217", "socket", "spy", "loop"})
 #: Query parameters each zflash scheme accepts; anything else is rejected as a likely typo.
 ALLOWED_PARAMS: dict[str, frozenset[str]] = {
     "serial": frozenset({"baud"}),
+    "edl+serial": frozenset({"baud"}),
     "tcp": frozenset(),
     "fastboot+tcp": frozenset(),
     "usb": frozenset({"serial"}),
 }
 
-ACCEPTED_FORMS = ("serial:///dev/ttyUSB0[?baud=N], /dev/tty*, COMn, tcp://HOST:PORT, "
+ACCEPTED_FORMS = ("serial:///dev/ttyUSB0[?baud=N], /dev/tty*, COMn, edl+serial:///dev/ttyX, "
+                  "tcp://HOST:PORT, "
                   "fastboot+tcp://HOST[:PORT], usb://[VID:PID][?serial=SN], "
                   "usb://BUS-PORT[.PORT...], or a pyserial URL (rfc2217://, socket://, "
                   "spy://, loop://)")
@@ -52,7 +55,7 @@ _DIGITS_RE = re.compile(r"^[0-9]+$")
 class DeviceUrl:
     """A parsed device URL. Only the fields meaningful for ``scheme`` are set."""
 
-    scheme: str  #: serial | tcp | fastboot+tcp | usb | rfc2217 | socket | spy | loop
+    scheme: str  #: serial | edl+serial | tcp | fastboot+tcp | usb | rfc2217 | socket | spy | loop
     raw: str  #: the string as given; pass-through schemes hand this to pyserial unchanged
     path: str = ""  #: serial: the port (/dev/ttyUSB0, COM3); usb: a bus-port path (1-2.3)
     host: str = ""  #: tcp, fastboot+tcp
@@ -82,8 +85,8 @@ class DeviceUrl:
             return self.raw
         query = "&".join(f"{k}={quote(v, safe='')}" for k, v in sorted(self.params.items()))
         suffix = f"?{query}" if query else ""
-        if self.scheme == "serial":
-            return f"serial://{quote(self.path, safe='/:.-_+@,')}{suffix}"
+        if self.scheme in ("serial", "edl+serial"):
+            return f"{self.scheme}://{quote(self.path, safe='/:.-_+@,')}{suffix}"
         if self.scheme in ("tcp", "fastboot+tcp"):
             host = f"[{self.host}]" if ":" in self.host else self.host
             return f"{self.scheme}://{host}:{self.port}{suffix}"
@@ -107,8 +110,8 @@ def parse_device_url(url: str) -> DeviceUrl:
     scheme = text.split("://", 1)[0].lower()
     if scheme in PASSTHROUGH_SCHEMES:
         return DeviceUrl(scheme=scheme, raw=text)
-    if scheme == "serial":
-        return _parse_serial(url, text)
+    if scheme in ("serial", "edl+serial"):
+        return _parse_serial(url, text, scheme)
     if scheme in ("tcp", "fastboot+tcp"):
         return _parse_tcp(url, text, scheme)
     if scheme == "usb":
@@ -125,8 +128,9 @@ def _parse_bare(url: str, text: str) -> DeviceUrl:
     return DeviceUrl(scheme="serial", raw=url, path=name, params=params)
 
 
-def _parse_serial(url: str, text: str) -> DeviceUrl:
-    """``serial:///dev/ttyUSB0``, ``serial://COM3``; the port may be percent-encoded."""
+def _parse_serial(url: str, text: str, scheme: str = "serial") -> DeviceUrl:
+    """``serial:///dev/ttyUSB0``, ``serial://COM3``; the port may be percent-encoded.
+    ``edl+serial://`` names the same ports for Qualcomm EDL's COM variant."""
     parts = _split(url, text)
     if parts.fragment:
         raise bad_url(url, "a serial URL has no #fragment")
@@ -138,8 +142,8 @@ def _parse_serial(url: str, text: str) -> DeviceUrl:
         name = name.lstrip("/")
     if not name or name == "/":
         raise bad_url(url, "no serial port named")
-    params = _parse_query(url, parts.query, "serial")
-    return DeviceUrl(scheme="serial", raw=url, path=name, params=params)
+    params = _parse_query(url, parts.query, scheme)
+    return DeviceUrl(scheme=scheme, raw=url, path=name, params=params)
 
 
 def _parse_tcp(url: str, text: str, scheme: str) -> DeviceUrl:

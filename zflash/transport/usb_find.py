@@ -29,7 +29,8 @@ import usb.core
 import usb.util
 
 from zflash.errors import Code, ZflashError
-from zflash.usb.ids import IdTable, InterfaceClass, UsbId, load_id_table
+from zflash.usb.ids import (IdTable, InterfaceClass, UsbId, VendorInterface,
+                            load_id_table)
 
 BACKEND_HOOK_ENV = "ZFLASH_USB_BACKEND"
 LIBUSB_ENV = "ZFLASH_LIBUSB"
@@ -39,6 +40,7 @@ UDEV_HINT = ("install the udev rules: `zflash udev-rules --install`, then "
 SPEEDS = {1: ("low", "1.5 Mbit/s"), 2: ("full", "12 Mbit/s"), 3: ("high", "480 Mbit/s"),
           4: ("super", "5 Gbit/s"), 5: ("super+", "10 Gbit/s")}
 CLASS_VENDOR = 0xFF
+SERIAL_MARK = "_SN:"  # Qualcomm EDL puts the serial number in iProduct after this
 
 
 # --- libusb ---------------------------------------------------------------------------------
@@ -218,8 +220,9 @@ def _pick_interface(dev: Any, table: IdTable,
         for intf in cfg:
             if intf.bAlternateSetting != 0:
                 continue
-            known: InterfaceClass | None = table.interface(
-                intf.bInterfaceClass, intf.bInterfaceSubClass, intf.bInterfaceProtocol)
+            triple = (intf.bInterfaceClass, intf.bInterfaceSubClass, intf.bInterfaceProtocol)
+            known: InterfaceClass | VendorInterface | None = table.interface(*triple) \
+                or table.vendor_interface(dev.idVendor, *triple)
             if known and (listed is None or listed.protocol in (None, known.name)):
                 return known.name, intf.bInterfaceNumber, cfg.bConfigurationValue
             if listed and fallback is None and _has_bulk_pair(intf) \
@@ -239,6 +242,9 @@ def _read_strings(info: UsbDeviceInfo, dev: Any) -> None:
             info.serial = text(dev.iSerialNumber)
             info.manufacturer = text(dev.iManufacturer)
             info.product = text(dev.iProduct)
+            if not info.serial and info.product and SERIAL_MARK in info.product:
+                # EDL (REFERENCE-EDL 1): no serial string; iProduct ends "_SN:5A1EE025"
+                info.serial = info.product.split(SERIAL_MARK, 1)[1].split("_", 1)[0] or None
     except usb.core.USBError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM):
             info.accessible = False

@@ -10,7 +10,12 @@ interface class lets a new product work without a table entry; the pair list cov
 whose interface class is not (yet) the standard one. Serial download modes sit behind
 USB-to-UART bridges, so their tty nodes are matched by the bridge's ids.
 
-Extensions, both in the same `VID:PID[:KIND] [label]` form (KIND: zdl, fastboot or serial):
+Qualcomm EDL (Sahara/Firehose) has no class triple of its own: its interface is vendor
+specific (ff/ff/ff, or ff/ff/10, 11, 13 on newer parts), so it is matched by that triple only
+on Qualcomm's vendor id 05c6 (a `VendorInterface`), as qdl does, plus pairs such as ZTE's
+19d2:0076 that the table lists as kind "edl".
+
+Extensions, both in the same `VID:PID[:KIND] [label]` form (KIND: zdl, fastboot, edl or serial):
 the command line (`--usb-id`, repeatable) and `$XDG_CONFIG_HOME/zflash/usb-ids.txt`.
 """
 
@@ -24,7 +29,7 @@ from pathlib import Path
 
 from zflash.errors import Code, ZflashError
 
-PROTOCOLS = ("zdl", "fastboot")
+PROTOCOLS = ("zdl", "fastboot", "edl")
 KINDS = PROTOCOLS + ("serial",)
 CONFIG_NAME = "usb-ids.txt"
 
@@ -62,6 +67,19 @@ class InterfaceClass:
 
 
 @dataclass(frozen=True)
+class VendorInterface:
+    """Interface triples that mean ``name`` only on one vendor's devices (any product id)."""
+
+    vid: int
+    triples: tuple[tuple[int, int, int], ...]
+    name: str
+    label: str
+
+    def matches(self, vid: int, cls: int, subclass: int, protocol: int) -> bool:
+        return vid == self.vid and (cls, subclass, protocol) in self.triples
+
+
+@dataclass(frozen=True)
 class TtyId:
     """A USB-to-UART bridge (or a ROM's USB-CDC port) behind which serial download modes live."""
 
@@ -80,9 +98,21 @@ FASTBOOT_INTERFACE = InterfaceClass(0xFF, 0x42, 0x03, "fastboot")
 INTERFACE_CLASSES: tuple[InterfaceClass, ...] = (ZDL_INTERFACE, FASTBOOT_INTERFACE)
 
 EMULATED_VID, EMULATED_PID = 0x1209, 0x0001
+QUALCOMM_VID, EDL_PID = 0x05C6, 0x9008
+
+# REFERENCE-EDL 1: qdl takes any 05c6 device with a vendor interface ff/ff/ff (older) or
+# ff/ff/10, 11, 13 (newer); the emulated EDL device offers ff/ff/ff.
+EDL_INTERFACE = InterfaceClass(0xFF, 0xFF, 0xFF, "edl")
+EDL_VENDOR_INTERFACES: tuple[VendorInterface, ...] = (
+    VendorInterface(QUALCOMM_VID, ((0xFF, 0xFF, 0xFF), (0xFF, 0xFF, 0x10), (0xFF, 0xFF, 0x11),
+                                   (0xFF, 0xFF, 0x13)), "edl",
+                    "Qualcomm Emergency Download (Sahara/Firehose), any product id"),
+)
 
 BUILTIN_USB_IDS: tuple[UsbId, ...] = (
     UsbId(EMULATED_VID, EMULATED_PID, None, "pid.codes test id (zflash emulated device)"),
+    UsbId(QUALCOMM_VID, EDL_PID, "edl", "Qualcomm HS-USB QDLoader 9008 (EDL)"),
+    UsbId(0x19D2, 0x0076, "edl", "ZTE Download (EDL)"),
 )
 
 BUILTIN_TTY_IDS: tuple[TtyId, ...] = (
@@ -105,6 +135,7 @@ class IdTable:
     tty: tuple[TtyId, ...] = BUILTIN_TTY_IDS
     interfaces: tuple[InterfaceClass, ...] = INTERFACE_CLASSES
     sources: tuple[str, ...] = field(default=("built-in",), compare=False)
+    vendor_interfaces: tuple[VendorInterface, ...] = EDL_VENDOR_INTERFACES
 
     def usb_id(self, vid: int, pid: int) -> UsbId | None:
         return next((u for u in self.usb if (u.vid, u.pid) == (vid, pid)), None)
@@ -115,6 +146,11 @@ class IdTable:
     def interface(self, cls: int, subclass: int, protocol: int) -> InterfaceClass | None:
         return next((i for i in self.interfaces if i.matches(cls, subclass, protocol)), None)
 
+    def vendor_interface(self, vid: int, cls: int, subclass: int,
+                         protocol: int) -> VendorInterface | None:
+        return next((v for v in self.vendor_interfaces
+                     if v.matches(vid, cls, subclass, protocol)), None)
+
     def extended(self, entries: Iterable[UsbId | TtyId], source: str) -> IdTable:
         """A new table with ``entries`` added (duplicates dropped, first one wins)."""
         usb, tty = list(self.usb), list(self.tty)
@@ -124,7 +160,8 @@ class IdTable:
                     tty.append(entry)
             elif all((u.vid, u.pid) != (entry.vid, entry.pid) for u in usb):
                 usb.append(entry)
-        return IdTable(tuple(usb), tuple(tty), self.interfaces, self.sources + (source,))
+        return IdTable(tuple(usb), tuple(tty), self.interfaces, self.sources + (source,),
+                       self.vendor_interfaces)
 
 
 _ENTRY = re.compile(r"^([0-9a-fA-F]{1,4}):([0-9a-fA-F]{1,4})(?::([a-z]+))?(?:\s+(.*))?$")

@@ -49,6 +49,13 @@ def render_rules(table: IdTable) -> str:
     for iface in table.interfaces:
         lines.append(f"# {iface.name}: {iface.cls:02x}:{iface.subclass:02x}:{iface.protocol:02x}")
         lines.append(f'{_USB}, ENV{{ID_USB_INTERFACES}}=="*:{iface.hex}:*", {_USB_ACCESS}')
+    lines += ["", "# USB devices of one vendor with a download-mode interface (any product id)"]
+    for rule in table.vendor_interfaces:
+        lines.append(f"# {rule.vid:04x}:* {rule.label}")
+        for cls, sub, proto in rule.triples:
+            lines.append(f'{_USB}, ATTR{{idVendor}}=="{rule.vid:04x}", '
+                         f'ENV{{ID_USB_INTERFACES}}=="*:{cls:02x}{sub:02x}{proto:02x}:*", '
+                         f'{_USB_ACCESS}')
     lines += ["", "# Serial download modes behind USB-UART bridges and ROM USB-CDC ports"]
     for tty in table.tty:
         lines.append(f"# {tty.text} {tty.label}")

@@ -163,6 +163,14 @@ class HostEngine:
         self.state = HostState.SENDING if self.tag == "program" else HostState.RECEIVING
         self._splitter.drop_separator()
 
+    def provisional(self) -> Result | None:
+        """The Result as it stands while settling (late logs may still add to it), so a
+        driver can settle at once when the answer it needs is already there."""
+        if self.state is not HostState.SETTLING or self._final is None:
+            return None
+        return Result(self.tag or "", self._final.ack, dict(self._final.attrs),
+                      tuple(self._logs))
+
     def settle(self) -> Result:
         """The command's Result, once QUIET_PERIOD passed after its final response."""
         if self.state is not HostState.SETTLING or self._final is None:

@@ -1,0 +1,90 @@
+"""Serving the emulated EDL device on a pty (the QDLoader COM variant) until stopped.
+
+``EdlPtyServer`` accepts one host session at a time and wraps it in the shaping and faults
+of ``LinkFaults`` (the same wrappers every emulated mode uses); a ``FaultyLink`` is kept
+across sessions so a drop fires once and the host's next attempt resumes. ``run_edl`` is
+``zflash emulate --edl``.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Callable
+
+from zflash.emulator.edl_server import EdlDevice, EdlOptions
+from zflash.emulator.link import DeviceConnection, FaultyLink, PtyLink, ShapedLink
+from zflash.emulator.runner import LinkFaults
+
+ACCEPT_POLL = 0.1
+
+
+class EdlPtyServer:
+    def __init__(self, device: EdlDevice, link_path: str | None = None,
+                 faults: LinkFaults | None = None) -> None:
+        self.device = device
+        self.faults = faults or LinkFaults()
+        self.pty = PtyLink(link_path)
+        self.url = f"edl+serial://{link_path or self.pty.slave_path}"
+        self.stop_event = threading.Event()
+        self._faulty: FaultyLink | None = None
+        self._thread = threading.Thread(target=self._serve, daemon=True, name="edl-pty")
+
+    def start(self) -> "EdlPtyServer":
+        self._thread.start()
+        return self
+
+    def _wrap(self, conn: DeviceConnection) -> DeviceConnection:
+        f = self.faults
+        if f.bytes_per_second or f.latency:
+            conn = ShapedLink(conn, f.bytes_per_second, f.latency)
+        if f.any_fault:
+            if self._faulty is None:
+                self._faulty = FaultyLink(conn, f.drop_after_bytes, f.corrupt_fraction, f.seed,
+                                          f.stall_after_bytes)
+            else:
+                self._faulty.attach(conn)
+            return self._faulty
+        return conn
+
+    def _serve(self) -> None:
+        while not self.stop_event.is_set():
+            conn = self.pty.accept(ACCEPT_POLL)
+            if conn is None:
+                continue
+            try:
+                self.device.serve(self._wrap(conn))
+            except Exception as exc:  # noqa: BLE001 - a session's end is logged, not fatal
+                self.device.log(f"session ended: {exc}")
+            finally:
+                conn.close()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self._thread.join(timeout=5)
+        self.pty.close()
+
+
+def run_edl(state_dir: Path, link_path: str | None, url_file: Path | None,
+            faults: LinkFaults, quirks: tuple[str, ...], fail_next_boot: bool,
+            log: Callable[[str], None]) -> int:
+    """``zflash emulate --edl``: serve until SIGTERM or Ctrl-C; the exit status."""
+    options = EdlOptions(com_variant=True, logs_after_response="logs-after-response" in quirks,
+                         pending_done="pending-done" in quirks, fail_next_boot=fail_next_boot)
+    device = EdlDevice(state_dir, options=options, log=log)
+    server = EdlPtyServer(device, link_path, faults).start()
+    print(server.url)
+    sys.stdout.flush()
+    if url_file:
+        url_file.write_text(server.url + "\n")
+    signal.signal(signal.SIGTERM, lambda *_: server.stop_event.set())
+    try:
+        while not server.stop_event.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0

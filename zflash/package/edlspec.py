@@ -1,0 +1,140 @@
+"""The optional ``edl`` object of a manifest: what a Qualcomm EDL device must be to take it.
+
+An EDL device reports no product name: the boot ROM identifies the part by its MSM HW id
+(SoC, OEM, model) and the hash of the OEM key its fuses trust. A package for EDL lists the
+pairs it is built for, may carry the Firehose programmer (signed with the manifest, so the
+programmer a technician loads is the one the builder chose), and may say where the baseband
+id is readable on the device. Layout: protocols/zpk.md section 3.1. Absent for other
+download modes, so their manifests (and signatures) are unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from zflash.errors import Code, ZflashError
+from zflash.fields import Fields
+
+MAX_PROGRAMMER = 640 << 10  # base64 of it (~853 KiB) keeps the manifest under its 1 MiB
+MAX_BASEBAND_LENGTH = 64
+_HW_ID = re.compile(r"^[0-9a-f]{16}$")
+_KEY_HASH = re.compile(r"^(?:[0-9a-f]{64}|[0-9a-f]{96}|[0-9a-f]{128})$")
+_PART = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+
+
+def _malformed(detail: str) -> ZflashError:
+    return ZflashError(Code.MALFORMED_PACKAGE, f"manifest edl: {detail}")
+
+
+_F = Fields(_malformed)
+
+
+@dataclass(frozen=True)
+class Programmer:
+    """A Firehose programmer image carried in the manifest."""
+
+    name: str
+    data: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "sha256": self.sha256,
+                "data": base64.b64encode(self.data).decode("ascii")}
+
+
+@dataclass(frozen=True)
+class BasebandSource:
+    """Where the device's baseband id can be read: ``length`` bytes (NUL-padded ASCII) at
+    ``offset`` of partition ``partition`` (of the running slot when it is slotted)."""
+
+    partition: str
+    offset: int
+    length: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"partition": self.partition, "offset": self.offset, "length": self.length}
+
+
+@dataclass(frozen=True)
+class EdlSpec:
+    hw_ids: tuple[str, ...]
+    oem_key_hashes: tuple[str, ...]
+    programmer: Programmer | None = None
+    baseband: BasebandSource | None = None
+
+    def allows(self, hw_id: str, key_hash: str) -> tuple[bool, bool]:
+        """(HW id allowed, key hash allowed)."""
+        return hw_id.lower() in self.hw_ids, key_hash.lower() in self.oem_key_hashes
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"hw_ids": list(self.hw_ids),
+                               "oem_key_hashes": list(self.oem_key_hashes)}
+        if self.programmer is not None:
+            out["programmer"] = self.programmer.to_json()
+        if self.baseband is not None:
+            out["baseband"] = self.baseband.to_json()
+        return out
+
+
+def _list(value: Any, what: str, pattern: re.Pattern[str]) -> tuple[str, ...]:
+    if not isinstance(value, list) or not 0 < len(value) <= 64:
+        raise _malformed(f"{what} must be a list of 1..64 entries")
+    for item in value:
+        if not isinstance(item, str) or not pattern.match(item):
+            raise _malformed(f"{what}: {str(item)[:80]!r} is not lowercase hex of the "
+                             "right length")
+    if len(set(value)) != len(value):
+        raise _malformed(f"{what} has duplicates")
+    return tuple(value)
+
+
+def _object(value: Any, what: str, fields: set[str]) -> dict[str, Any]:
+    if not isinstance(value, dict) or set(value) != fields:
+        raise _malformed(f"{what} must have exactly the fields {sorted(fields)}")
+    return value
+
+
+def edl_from_json(obj: Any) -> EdlSpec:
+    """Validate untrusted JSON; every bad value is MALFORMED_PACKAGE."""
+    if not isinstance(obj, dict) or not {"hw_ids", "oem_key_hashes"} <= set(obj) or \
+            not set(obj) <= {"hw_ids", "oem_key_hashes", "programmer", "baseband"}:
+        raise _malformed("needs hw_ids and oem_key_hashes, optionally programmer, baseband")
+    programmer = None
+    if "programmer" in obj:
+        raw = _object(obj["programmer"], "programmer", {"name", "sha256", "data"})
+        name = _F.text(raw["name"], "programmer.name")
+        text = raw["data"]
+        if not isinstance(text, str) or len(text) > 4 * (MAX_PROGRAMMER // 3 + 1):
+            raise _malformed(f"programmer.data must be base64 of at most {MAX_PROGRAMMER} "
+                             "bytes")
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise _malformed("programmer.data is not base64") from None
+        if not data or base64.b64encode(data).decode("ascii") != text:
+            raise _malformed("programmer.data is empty or not in canonical base64")
+        programmer = Programmer(name, data)
+        if _F.hex64(raw["sha256"], "programmer.sha256") != programmer.sha256:
+            raise _malformed("programmer.sha256 does not match its data")
+    baseband = None
+    if "baseband" in obj:
+        raw = _object(obj["baseband"], "baseband", {"partition", "offset", "length"})
+        part = raw["partition"]
+        if not isinstance(part, str) or not _PART.match(part):
+            raise _malformed(f"baseband.partition {str(part)[:40]!r} is not a partition name")
+        baseband = BasebandSource(part, _F.uint(raw["offset"], "baseband.offset", 1 << 40),
+                                  _F.uint(raw["length"], "baseband.length",
+                                          MAX_BASEBAND_LENGTH))
+        if baseband.length == 0:
+            raise _malformed("baseband.length must be 1..64")
+    return EdlSpec(_list(obj["hw_ids"], "hw_ids", _HW_ID),
+                   _list(obj["oem_key_hashes"], "oem_key_hashes", _KEY_HASH),
+                   programmer, baseband)
