@@ -68,3 +68,14 @@ def _chunk_payload(kind: ChunkType, blocks: int, blk_sz: int) -> int:
     if kind is ChunkType.RAW:
         return blocks * blk_sz
     return 0 if kind is ChunkType.DONT_CARE else 4
+
+
+def file_header(block_size: int, total_blocks: int, total_chunks: int) -> bytes:
+    """A sparse file header (image_checksum 0: none, as img2simg writes it)."""
+    return _FILE_HEADER.pack(MAGIC, MAJOR_VERSION, 0, FILE_HEADER_SIZE, CHUNK_HEADER_SIZE,
+                             block_size, total_blocks, total_chunks, 0)
+
+
+def chunk_header(kind: ChunkType, blocks: int, data_bytes: int) -> bytes:
+    """A chunk header; ``data_bytes`` is what follows it (RAW data, FILL's 4 bytes)."""
+    return _CHUNK_HEADER.pack(kind, 0, blocks, CHUNK_HEADER_SIZE + data_bytes)

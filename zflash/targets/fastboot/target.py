@@ -12,15 +12,16 @@ from typing import Any
 
 from zflash.checks import Failure
 from zflash.errors import Code, ZflashError
-from zflash.package.format import Manifest
+from zflash.package.format import KIND_ZERO, Manifest
 from zflash.package.reader import Package
-from zflash.package.sparse import min_split_size
+from zflash.package.sparse import ChunkType, min_split_size
 from zflash.targets.base import (BootReport, Capabilities, Emit, Identity, Progress, Target,
                                  UpdateStart, Written)
 from zflash.targets.blocks import PartitionBlocks
 from zflash.targets.fastboot.client import FastbootClient
 from zflash.targets.fastboot.facts import (FastbootFacts, read_for_manifest, read_listing)
-from zflash.targets.fastboot.images import SPARSE_BLOCK_SIZES, image_pieces, sparse_block_size
+from zflash.targets.fastboot.stream import (SPARSE_BLOCK_SIZES, PieceStream, plan_pieces,
+                                            sparse_block_size)
 
 NO_LIMIT = 1 << 62  # max-download-size not reported: one piece per image
 
@@ -89,23 +90,41 @@ class FastbootTarget(Target):
             raise ZflashError(Code.INTERNAL, "fastboot cannot leave blocks out")
         name = f"{part.name}_{slot}" if part.slotted else part.name
         block_size = sparse_block_size(part.size, self.facts.partition_size(part)[0]) or 4096
+        zero_chunk = self._zero_chunk(blocks, name)
         bar = _PieceProgress(progress, self.emit)
         previous, self.client.on_event = self.client.on_event, bar
         sent = pieces = 0
         try:
-            for piece in image_pieces(blocks, self.limit, block_size):
-                start = min(piece.start_block * block_size, part.size)
-                bar.piece(min(piece.end_block * block_size, part.size) - start, piece.size)
-                self.client.download(piece.file, piece.size,
-                                     f"{name} piece {piece.index + 1}")
+            for plan in plan_pieces(blocks, block_size, self.limit, zero_chunk):
+                start = min(plan.start * block_size, part.size)
+                stream = PieceStream(blocks, plan, block_size)
+                bar.piece(min(plan.end * block_size, part.size) - start, stream.size)
+                self.client.download(stream, stream.size,  # type: ignore[arg-type]
+                                     f"{name} piece {plan.index + 1}")
                 self.client.command(f"flash:{name}")
-                sent += piece.size
+                sent += stream.size
                 pieces += 1
                 bar.finish_piece()
         finally:
             self.client.on_event = previous
         self.sent += sent
         return Written(sent, pieces)
+
+    def _zero_chunk(self, blocks: PartitionBlocks, name: str) -> ChunkType:
+        """DONT_CARE for zero blocks once the partition is erased (nothing to send or
+        write for them); FILL zeros when the bootloader refuses the erase."""
+        if KIND_ZERO not in blocks.table.kinds():
+            return ChunkType.DONT_CARE
+        try:
+            self.client.command(f"erase:{name}")
+        except ZflashError as exc:
+            if exc.code != Code.DEVICE_REFUSED:
+                raise
+            self.emit({"event": "device_message", "kind": "warning",
+                       "message": f"erase:{name} refused ({exc.detail}); zero blocks are "
+                                  "sent as FILL chunks instead"})
+            return ChunkType.FILL
+        return ChunkType.DONT_CARE
 
     def set_active(self, slot: str) -> None:
         self.client.command(f"set_active:{slot}")
