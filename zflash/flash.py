@@ -224,8 +224,9 @@ def _check(target: Target, package: Package, identity: Identity, trust: TrustSto
     on_device = probe.finish() if probe and not signature_bad else {}
     if check:
         if not signature_bad:
+            assert probe is not None
             check.start((part, [b for b in _data_blocks(package, part)
-                                if b not in on_device.get(i, set())])
+                                if b not in probe.matched.get(i, set())])
                         for i, part in enumerate(manifest.partitions)
                         if probe and i in probe.partitions)
             failures = _block_failure(check.wait()) + failures
@@ -303,7 +304,11 @@ class _DeltaProbe:
             self.partitions.add(index)
             for first, count in _data_runs(package.head.tables[part.name].kinds()[:blocks]):
                 self.requests.append((index, part, first, count))
+        #: blocks worth offering for KEEP, per partition index
         self.found: dict[int, set[int]] = {}
+        #: of those, the ones whose hash the device reported equal to the signed table's
+        #: (the host need not hash them: the device checks them when it keeps them)
+        self.matched: dict[int, set[int]] = {}
 
     def _ask(self) -> None:
         index, part, first, count = self.requests[0]
@@ -328,15 +333,18 @@ class _DeltaProbe:
                 break
             table = self.package.head.tables[part.name]
             found = self.found.setdefault(index, set())
+            matched = self.matched.setdefault(index, set())
             for offset, digest in enumerate(digests[:part.block_count - first]):
                 block = first + offset
                 if digest == table[block].sha256 and table[block].stored_size:
                     found.add(block)
+                    matched.add(block)
             last = part.block_count - 1
             if first <= last < first + len(digests) and part.size % part.block_size \
                     and table[last].stored_size:
                 # A short last block is hashed on the device over a whole block of flash,
-                # so it never matches here: offer it anyway; the device checks it exactly.
+                # so it never matches here: offer it anyway; the device checks it exactly
+                # (not "matched": the host still hashes it, in case it must be sent).
                 found.add(last)
             if self.requests:
                 self._ask()
