@@ -127,3 +127,26 @@ def test_keep_blocks_memory_does_not_grow_with_the_image(tmp_path: Path) -> None
             tracemalloc.stop()
     assert kept == [[0, part.block_count]]
     assert peak < 8 * part.block_size + (1 << 20), f"KEEP peaked at {peak} bytes"
+
+
+@pytest.mark.parametrize("device_codecs", [None, ["zlib", "none"]])
+def test_a_zstd_package_flashes_with_and_without_device_zstd(tmp_path: Path,
+                                                             device_codecs) -> None:
+    """zstd blocks go as stored to a device that offers zstd, expanded to one that does not."""
+    image = tmp_path / "system.img"
+    image.write_bytes((b"zflash test-only text " * 3000)[:60000] + bytes(4000))
+    package = tmp_path / "zstd.zpk"
+    build_package(INFO, [PartitionSource("system", image, True)],
+                  [keymod.load_private_key(SIGNING_KEY)], package, codec="zstd")
+    with Package(package) as pkg:
+        assert 3 in pkg.head.tables["system"].kinds()  # zstd blocks in the package
+    profile = demo_profile(zdl_codecs=device_codecs)
+    with EmulatorRunner(tmp_path / "dev", profile) as runner:
+        url = runner.start_tcp(0)
+        summary = flash(url, package, trust(), FlashOptions(reboot=False), lambda e: None)
+        content = runner.storage.partition_path("system", "b").read_bytes()
+    assert content[:len(image.read_bytes())] == image.read_bytes()
+    if device_codecs is None:
+        assert summary.sent_bytes < 20000  # compressed on the wire
+    else:
+        assert summary.sent_bytes >= 60000  # expanded by the host

@@ -19,8 +19,8 @@ MAX_RSA_BITS = 8192
 #: only that codec (and raw). Packages with zstd blocks flash onto any device: a host whose
 #: device does not offer zstd decodes them and sends raw or zlib (zdl.md 3.3).
 CODECS = ("auto", "zstd", "zlib", "none")
-#: zlib until every host path sends zstd blocks natively (docs/DECISIONS.md D70).
-DEFAULT_CODEC = "zlib"
+#: per block the smallest of raw, zlib and zstd; every host path sends zstd (or expands it)
+DEFAULT_CODEC = "auto"
 
 
 def default_trust_dir() -> Path:
