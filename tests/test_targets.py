@@ -16,7 +16,7 @@ from emulator_helpers import demo_profile
 from zflash.emulator.runner import EmulatorRunner
 from zflash.errors import Code, ZflashError
 from zflash.targets.base import Capabilities, Target
-from zflash.targets.registry import BACKENDS, capabilities, open_target
+from zflash.targets.registry import BACKENDS, backend, capabilities, open_target
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent / "zflash"
 
@@ -50,9 +50,10 @@ def test_backends_declare_their_capabilities() -> None:
     for lacking in ("block_hashes", "resume", "verifies_on_device", "enforces_checks", "read",
                     "reports_boot", "staging_cache"):
         assert getattr(fastboot, lacking) is False, lacking
-    for name, backend in BACKENDS.items():
-        assert issubclass(backend, Target) and backend.protocol == name
-        assert isinstance(backend.capabilities, Capabilities)
+    for name in BACKENDS:
+        cls = backend(name)
+        assert issubclass(cls, Target) and cls.protocol == name
+        assert isinstance(cls.capabilities, Capabilities)
 
 
 def test_a_lacking_capability_is_a_coded_refusal_naming_the_mode(device) -> None:

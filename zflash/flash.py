@@ -224,11 +224,11 @@ def _check(target: Target, package: Package, identity: Identity, trust: TrustSto
     on_device = probe.finish() if probe and not signature_bad else {}
     if check:
         if not signature_bad:
-            assert probe is not None
-            check.start((part, [b for b in _data_blocks(package, part)
-                                if b not in probe.matched.get(i, set())])
-                        for i, part in enumerate(manifest.partitions)
-                        if probe and i in probe.partitions)
+            if probe is not None:
+                check.start((part, [b for b in _data_blocks(package, part)
+                                    if b not in probe.matched.get(i, set())])
+                            for i, part in enumerate(manifest.partitions)
+                            if i in probe.partitions)
             failures = _block_failure(check.wait()) + failures
         summary.unverified = decide(failures, options.accept_unverifiable, emit)
     return on_device

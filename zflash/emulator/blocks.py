@@ -64,3 +64,51 @@ class BlockHashCache:
     def forget(self, path: Path) -> None:
         for key in [k for k in self._entries if k[0] == str(path)]:
             del self._entries[key]
+
+
+class DigestRecords:
+    """Per slot-partition, the block digests the device committed, kept on its flash.
+
+    Why: the device checked every block of a committed image against the signed table, so
+    it knows each block's digest without reading its flash again; a delta probe of a slot
+    it committed is answered from this record. A record is valid only while the partition
+    file is unchanged since (size and modification time), and the device deletes it before
+    any other write to that file.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, partition: Path) -> Path:
+        return self.root / f"{partition.name}.digests"
+
+    def save(self, partition: Path, block_size: int, image_size: int,
+             digests: bytes) -> None:
+        from zflash.emulator.storage import atomic_write
+        info = os.stat(partition)
+        header = f"{block_size} {image_size} {info.st_mtime_ns} {info.st_size}\n".encode()
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write(self._path(partition), header + digests)
+
+    def load(self, partition: Path, block_size: int) -> tuple[int, bytes] | None:
+        """(image size, digests) when a valid record exists for ``block_size``."""
+        try:
+            data = self._path(partition).read_bytes()
+            info = os.stat(partition)
+        except OSError:
+            return None
+        line, _, digests = data.partition(b"\n")
+        try:
+            size, image, mtime, length = (int(x) for x in line.split())
+        except ValueError:
+            return None
+        if (size, mtime, length) != (block_size, info.st_mtime_ns, info.st_size) or \
+                len(digests) % 32:
+            return None
+        return image, digests
+
+    def drop(self, partition: Path) -> None:
+        try:
+            self._path(partition).unlink()
+        except FileNotFoundError:
+            pass

@@ -24,7 +24,8 @@ from zflash.package.format import (KIND_RAW, KIND_ZERO, KIND_ZLIB, KIND_ZSTD, Pa
 from zflash.package.keys import TrustStore
 from zflash.package.reader import PackageHead, decode_block, zero_digest
 from zflash.emulator import image_write
-from zflash.emulator.blocks import BlockHashCache, has_no_data, is_zero, is_zero_bytes
+from zflash.emulator.blocks import (BlockHashCache, DigestRecords, has_no_data, is_zero,
+                                    is_zero_bytes)
 from zflash.emulator.storage import SLOTS, Storage, atomic_write, read_json, write_json
 
 PROTOCOL_VERSION = 1
@@ -34,6 +35,8 @@ READ_CHUNK = 256 << 10
 ALIVE_EVERY_BLOCKS = 1024  # long operations report progress this often (keep-alive)
 #: seconds a new host session waits for one whose link is gone (see try_enter)
 SESSION_GRACE = 2.0
+#: seconds a new host session waits for a live one, which may be just ending
+HANDOVER = 0.5
 
 
 class DeviceRefusal(ZflashError):
@@ -55,6 +58,7 @@ class _Partition:
     path: Path
     verified: bytearray  # one byte per block: 1 = written, synced and hash-checked
     committed: bool = False
+    touched: bool = False  # written in this session (what the device remembered is void)
 
 
 class UpdateSession:
@@ -148,6 +152,7 @@ class EmulatedDevice:
         self._on_power_loss = on_power_loss or (lambda: os._exit(137))
         self._step_counts: dict[str, int] = {}
         self._hashes = BlockHashCache()
+        self._records = DigestRecords(storage.root / "digests")
         #: called now and then during long operations (hashing, KEEP, commit), so that a
         #: server can tell its host the device is busy, not dead
         self.on_alive: Callable[[], None] = lambda: None
@@ -169,6 +174,11 @@ class EmulatedDevice:
 
     def _alive(self) -> None:
         self.on_alive()
+
+    def _changing(self, path: Path) -> None:
+        """About to write ``path``: what the device remembered of its blocks is void."""
+        self._hashes.forget(path)
+        self._records.drop(path)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -285,8 +295,9 @@ class EmulatedDevice:
             self.session.failure = failure  # type: ignore[union-attr]
             raise failure from None
         session = self._session()
-        if part.verified.count(1) == 0:
-            self._hashes.forget(part.path)
+        if not part.touched:
+            self._changing(part.path)
+            part.touched = True
         os.pwrite(part.fd, raw, block_index * entry.block_size)
         part.verified[block_index] = 1
         session._unsynced += 1
@@ -349,6 +360,7 @@ class EmulatedDevice:
         entry = part.entry
         name = entry.name
         table = session.head.tables[name]
+        self._changing(part.path)  # zero blocks may be written; the record is saved anew
         for index, block in enumerate(table):
             if not part.verified[index] and block.kind == KIND_ZERO:
                 offset, length = index * entry.block_size, block_length(entry, index)
@@ -365,6 +377,8 @@ class EmulatedDevice:
         self._step("commit")
         record = {"sha256": entry.sha256, "size": entry.size}
         if entry.slotted:
+            self._records.save(part.path, entry.block_size, entry.size,
+                               b"".join(e.sha256 for e in table))
             self.meta["committed"][session.target][name] = record
         else:
             live = self.storage.partition_path(name, None)
@@ -414,8 +428,11 @@ class EmulatedDevice:
         server noticed) is waited for, up to SESSION_GRACE s; a live one is refused at once."""
         if not self.lock.acquire(blocking=False):
             holder_alive = self._holder_alive
-            if holder_alive is None or holder_alive() or \
-                    not self.lock.acquire(timeout=SESSION_GRACE):
+            live = holder_alive is None or holder_alive()
+            # a live holder may be a host that has just closed its link (its server has not
+            # read the EOF yet): a short hand-over wait, so `zflash info && zflash fastboot
+            # ...` in a script does not meet "busy"
+            if not self.lock.acquire(timeout=HANDOVER if live else SESSION_GRACE):
                 return False
         self.holder, self._holder_alive = who, alive
         return True
@@ -506,12 +523,18 @@ class EmulatedDevice:
                                              f"{name} ({blocks} blocks of {block_size})")
         path = self.storage.partition_path(name, slot)
         known = self._hashes.get(path, block_size)
+        record = self._records.load(path, block_size)
+        recorded = len(record[1]) // 32 if record else 0
+        if record and record[0] % block_size:
+            recorded -= 1  # a short last block: the probe hashes a whole block of flash
         hashes = []
         fd = os.open(path, os.O_RDONLY)
         try:
             for index in range(first, first + count):
                 offset = index * block_size
-                if has_no_data(fd, offset, block_size):
+                if index < recorded:
+                    digest = record[1][index * 32:index * 32 + 32]  # type: ignore[index]
+                elif has_no_data(fd, offset, block_size):
                     digest = zero_digest(block_size)
                 else:
                     data = os.pread(fd, block_size, offset)
@@ -545,7 +568,7 @@ class EmulatedDevice:
         if spec.slotted and slot == self.meta["current_slot"]:
             raise ZflashError(Code.SLOT, f"refusing to erase {name} on the running slot")
         path = self.storage.partition_path(name, slot)
-        self._hashes.forget(path)
+        self._changing(path)
         with open(path, "r+b") as handle:
             handle.truncate(0)
             handle.truncate(spec.size)
@@ -563,13 +586,13 @@ class EmulatedDevice:
         """
         spec = self.storage.spec(name)
         path = self.storage.partition_path(name, slot)
-        self._hashes.forget(path)
+        self._changing(path)
         image_write.write_image(path, spec.size, source, size, sparse)
 
     def erase_image(self, name: str, slot: str | None) -> None:
         """fastboot erase: zeros (the host named the partition, userdata included)."""
         spec = self.storage.spec(name)
-        self._hashes.forget(self.storage.partition_path(name, slot))
+        self._changing(self.storage.partition_path(name, slot))
         image_write.erase(self.storage.partition_path(name, slot), spec.size)
 
     def record_image_hash(self, name: str, slot: str | None) -> None:

@@ -8,26 +8,30 @@ download interface it offers (from the USB id table) names the back-end.
 
 from __future__ import annotations
 
+import importlib
 from contextlib import contextmanager
 from typing import Iterator
 
 from zflash.errors import Code, ZflashError
 from zflash.targets.base import Capabilities, Emit, LinkOptions, Target
-from zflash.targets.edl.target import EdlTarget
-from zflash.targets.fastboot.target import FastbootTarget, open_client
-from zflash.targets.zdl.session import SessionOptions
-from zflash.targets.zdl.target import ZdlTarget
 from zflash.transport.open import open_transport
 from zflash.transport.url import parse_device_url
 
-#: Every download mode zflash speaks, by the name the USB id table and events use.
-BACKENDS: dict[str, type[Target]] = {"zdl": ZdlTarget, "fastboot": FastbootTarget,
-                                     "edl": EdlTarget}
+#: Every download mode zflash speaks, by the name the USB id table and events use, and the
+#: class that speaks it. Imported only when used: a command pays for one back-end.
+BACKENDS: dict[str, str] = {"zdl": "zflash.targets.zdl.target:ZdlTarget",
+                            "fastboot": "zflash.targets.fastboot.target:FastbootTarget",
+                            "edl": "zflash.targets.edl.target:EdlTarget"}
+
+
+def backend(name: str) -> type[Target]:
+    module, _, cls = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
 
 
 def capabilities() -> dict[str, Capabilities]:
     """What each back-end declares it can do."""
-    return {name: backend.capabilities for name, backend in BACKENDS.items()}
+    return {name: backend(name).capabilities for name in BACKENDS}
 
 
 def protocol_of(url: str) -> str:
@@ -59,12 +63,16 @@ def open_target(url: str, options: LinkOptions | None = None,
     if protocol == "fastboot":
         if options.baud is not None:
             raise ZflashError(Code.USAGE, "--baud does not apply to fastboot devices")
+        from zflash.targets.fastboot.target import FastbootTarget, open_client
         target = FastbootTarget(url, open_client(url, options.timeout), emit)
     elif protocol == "edl":
         if options.baud is not None:
             raise ZflashError(Code.USAGE, "--baud does not apply to EDL devices")
+        from zflash.targets.edl.target import EdlTarget
         target = EdlTarget(url, open_transport(url, timeout=options.timeout), options, emit)
     else:
+        from zflash.targets.zdl.session import SessionOptions
+        from zflash.targets.zdl.target import ZdlTarget
         transport = open_transport(url, timeout=options.timeout)
         if options.baud is not None and not transport.has_baudrate:
             transport.close()
