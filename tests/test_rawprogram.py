@@ -143,6 +143,7 @@ def test_oversized_xml_is_refused_unread(tmp_path):
     (prog("x", "/etc/passwd", "34", 8), "leaves the build folder"),
     (prog("x", "a.img", "34", 8, sparse="maybe"), "expected true or false"),
     ("<read/>", "not a rawprogram entry"),
+    (prog("b\u00f6\u00f6t", "a.img", "34", 8), "printable ASCII"),
 ])
 def test_bad_attributes_name_the_entry(tmp_path, entry, words):
     path = write_xml(tmp_path / "rawprogram0.xml", ["<!-- a comment -->", entry])
@@ -184,6 +185,12 @@ def test_secdata_is_refused_unless_named(tmp_path):
     # An empty secdata entry writes nothing, so nothing is refused.
     empty = build_with(tmp_path, [prog("modem", "m.img", "34", 8), prog("secdata", "", "42", 8)])
     assert import_build([empty], [], set(), tmp_path).flat_build.entries[1].note == NOTE_EMPTY
+    # A slotted fuse partition is refused too, and may be named by its base name.
+    pair = build_with(tmp_path, [prog("secdata_a", "sec.img", "34", 8),
+                                 prog("secdata_b", "", "42", 8)])
+    assert "fuse" in refused(tmp_path, pair, "fuse")
+    out = import_build([pair], [], {"secdata"}, tmp_path)
+    assert [(s.name, s.slotted) for s in out.sources] == [("secdata", True)]
 
 
 def test_slot_pairs_with_different_images_are_refused(tmp_path):
@@ -457,6 +464,10 @@ def test_pack_rawprogram_needs_the_edl_hardware_ids(flat_build, tmp_path):
     cut = args.index("--msm-hw-id")
     done = zflash(*args[:cut], *args[cut + 2:])
     assert done.returncode == Code.USAGE - 9000 and "--msm-hw-id" in done.stderr
+    alone = zflash("pack", "--image", f"boot={flat_build[0] / 'boot.img'}", "--patch",
+                   str(flat_build[0] / "patch0.xml"), "--key", str(SIGNING_KEY),
+                   "-o", str(tmp_path / "y.zpk"))
+    assert alone.returncode == Code.USAGE - 9000 and "go with --rawprogram" in alone.stderr
 
 
 def read_part(root: Path, lun: int, place: tuple[int, int], size: int) -> bytes:

@@ -195,6 +195,9 @@ def pack(recipe: Path | None, profile: Path | None, product: str | None,
     from zflash.package.layout import DeviceLayout, check_images
     from zflash.package.recipe import load_recipe, package_info
     from zflash.package.writer import build_package
+    if not rawprograms and (patches or include_fuse or hw_ids or key_hashes or programmer):
+        raise ZflashError(Code.USAGE, "--patch, --include-fuse, --msm-hw-id, --oem-key-hash "
+                                      "and --programmer go with --rawprogram")
     base = load_recipe(recipe) if recipe else None
     sources = _parse_images(images, unslotted) if images else (base.sources if base else [])
     given = {"product": product, "hardware_revisions": list(hw_revs) or None,
@@ -209,9 +212,6 @@ def pack(recipe: Path | None, profile: Path | None, product: str | None,
         check_images(DeviceLayout.load(profile), sources)
     all_keys = list(key_paths) or (base.keys if base else [])
     signing = [keymod.load_private_key(p) for p in all_keys]
-    if not rawprograms and (patches or include_fuse or hw_ids or key_hashes or programmer):
-        raise ZflashError(Code.USAGE, "--patch, --include-fuse, --msm-hw-id, --oem-key-hash "
-                                      "and --programmer go with --rawprogram")
     with contextlib.ExitStack() as stack:
         if rawprograms:
             if images:

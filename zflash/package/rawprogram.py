@@ -183,12 +183,17 @@ def parse_rawprogram(path: Path) -> list[Program]:
         sparse = _attr(entry, where, "sparse", "false").strip().lower()
         if sparse not in ("true", "false"):
             raise _error(where, f"sparse={sparse[:20]!r}, expected true or false")
+        label = _attr(entry, where, "label", "")
+        for name, text in (("label", label), ("filename", filename)):
+            if len(text) > 200 or not all(0x20 <= ord(c) < 0x7F for c in text):
+                raise _error(where, f"{name}={text[:40]!r} is not printable ASCII of at most "
+                                    "200 characters")
         if filename:
             parts = PurePosixPath(filename.replace("\\", "/")).parts
             if filename.startswith(("/", "\\")) or ".." in parts or ":" in filename:
                 raise _error(where, f"filename={filename[:80]!r} leaves the build folder")
         out.append(Program(
-            path, entry.line, entry.tag, _attr(entry, where, "label", ""), filename, sector,
+            path, entry.line, entry.tag, label, filename, sector,
             _uint(entry, where, "physical_partition_number", limit=MAX_LUN), start,
             _uint(entry, where, "num_partition_sectors"),
             _uint(entry, where, "file_sector_offset", "0"), sparse == "true"))
@@ -263,7 +268,9 @@ def import_build(rawprograms: list[Path], patches: list[Path], include_fuse: set
                                      f"{programs[0].where} says {sector}: one storage type")
     _check_overlaps(programs)
     labels = {p.label for p in programs if p.tag == "program"}
-    unknown = set(include_fuse) - {p.label for p in programs}
+    named = {p.label for p in programs} | {p.label[:-2] for p in programs
+                                           if p.label.endswith(("_a", "_b"))}
+    unknown = set(include_fuse) - named
     if unknown:
         raise ZflashError(Code.USAGE, f"--include-fuse names {sorted(unknown)}, which the "
                                       "build does not have")
@@ -286,7 +293,7 @@ def import_build(rawprograms: list[Path], patches: list[Path], include_fuse: set
                     f"no image of its own: {base} goes to whichever slot is inactive"
             elif index == image_index:
                 note = "fuse partition, included by --include-fuse" \
-                    if prog.label in include_fuse else ""
+                    if {prog.label, base} & include_fuse else ""
             else:
                 note = "the same image as its slot twin"
             entries[index] = _entry(prog, base if source else "", slot if source else "",
@@ -318,7 +325,7 @@ def _not_a_partition(prog: Program, include_fuse: set[str]) -> str:
                                  "the end of the disk; only the backup GPT may")
     base = prog.label[:-2] if prog.label.endswith(("_a", "_b")) else prog.label
     if prog.filename and (prog.label.lower() in FUSE_LABELS or base.lower() in FUSE_LABELS) \
-            and prog.label not in include_fuse:
+            and not {prog.label, base} & include_fuse:
         raise _error(prog.where, f"{prog.label!r} is a fuse/security partition: writing it "
                                  f"can fuse the device for good; pass --include-fuse "
                                  f"{prog.label} if that is intended", "fuse")
