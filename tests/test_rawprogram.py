@@ -218,6 +218,8 @@ def test_sizes_overlaps_duplicates_and_sparse_flags(tmp_path):
     mixed = build_with(tmp_path, [prog("a", "m.img", "34", 8), prog("b", "m.img", "6", 2,
                                                                     ss=4096)])
     assert "one storage type" in refused(tmp_path, mixed, "entry")
+    many = build_with(tmp_path, [prog(f"p{i}", "m.img", str(34 + 8 * i), 8) for i in range(65)])
+    assert "at most 64 partitions" in refused(tmp_path, many, "entry")
     nothing = build_with(tmp_path, [prog("a", "", "34", 8)])
     assert "no image to pack" in refused(tmp_path, nothing, "entry")
 

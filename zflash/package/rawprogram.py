@@ -29,7 +29,7 @@ from xml.parsers import expat
 
 from zflash.errors import Code, ZflashError
 from zflash.package.edlspec import FlatBuild, ImportEntry, ImportPatches
-from zflash.package.format import valid_partition_name
+from zflash.package.format import MAX_PARTITIONS, valid_partition_name
 from zflash.package.images import open_image
 from zflash.package.sparse.format import is_sparse
 from zflash.package.writer import PartitionSource
@@ -261,6 +261,9 @@ def import_build(rawprograms: list[Path], patches: list[Path], include_fuse: set
     programs = [p for path in rawprograms for p in parse_rawprogram(Path(path))]
     if not programs:
         raise _error(str(rawprograms[0]), "no <program> entries")
+    if len(programs) > MAX_ENTRIES:
+        raise _error(programs[MAX_ENTRIES].where, f"more than {MAX_ENTRIES} entries in all "
+                                                  "the rawprogram files", "xml")
     sector = programs[0].sector_size
     for prog in programs:
         if prog.sector_size != sector:
@@ -300,6 +303,9 @@ def import_build(rawprograms: list[Path], patches: list[Path], include_fuse: set
                                     note)
         if source is not None:
             sources.append(source)
+    if len(sources) > MAX_PARTITIONS:
+        raise _error(str(rawprograms[-1]), f"the build has {len(sources)} images; a package "
+                                           f"holds at most {MAX_PARTITIONS} partitions")
     if not sources:
         raise _error(str(rawprograms[0]), "the build has no image to pack (all entries are "
                                           "GPT, erase or filename=\"\")")
