@@ -402,6 +402,9 @@ def test_flat_build_packs_inspects_flashes_and_passes_sgdisk(flat_build, tmp_pat
     assert re.search(r"rawprogram0.xml:3 +PrimaryGPT +0 +0 +34  partition table", text)
     assert re.search(r"rawprogram1.xml:\d+ +BackupGPT +1 +NUM_DISK_SECTORS-33\. +33", text)
     assert re.search(r"secdata +1 .*no image", text)
+    assert re.search(r"system_a .*system \(slot a\); sparse image, expanded", text)
+    assert re.search(r"modem .*file_sector_offset 1: the image starts 512 bytes", text)
+    assert re.search(r"persist +1 +\d+ +0  persist; num_partition_sectors 0", text)
     assert "patch1.xml: 5 DISK patches, 1 patches of the build's GPT files" in text
     manifest = json.loads(zflash("inspect", "--json", str(out)).stdout)["manifest"]
     assert [(p["name"], p["slotted"]) for p in manifest["partitions"]] == [

@@ -295,8 +295,7 @@ def import_build(rawprograms: list[Path], patches: list[Path], include_fuse: set
                 note = NOTE_EMPTY if source is None else \
                     f"no image of its own: {base} goes to whichever slot is inactive"
             elif index == image_index:
-                note = "fuse partition, included by --include-fuse" \
-                    if {prog.label, base} & include_fuse else ""
+                note = _image_note(prog, base, include_fuse)
             else:
                 note = "the same image as its slot twin"
             entries[index] = _entry(prog, base if source else "", slot if source else "",
@@ -312,6 +311,21 @@ def import_build(rawprograms: list[Path], patches: list[Path], include_fuse: set
     found = [_patch_summary(Path(p), programs) for p in patches]
     return Imported(sources, FlatBuild(sector, tuple(entries[i] for i in sorted(entries)),
                                        tuple(found)))
+
+
+def _image_note(prog: Program, base: str, include_fuse: set[str]) -> str:
+    """How the entry's file became the image (empty when taken as it is)."""
+    notes = []
+    if {prog.label, base} & include_fuse:
+        notes.append("fuse partition, included by --include-fuse")
+    if prog.sparse:
+        notes.append("sparse image, expanded")
+    if prog.file_sector_offset:
+        notes.append(f"file_sector_offset {prog.file_sector_offset}: the image starts "
+                     f"{prog.file_sector_offset * prog.sector_size} bytes into the file")
+    if not prog.sectors:
+        notes.append("num_partition_sectors 0: no cap, the file's size decides")
+    return "; ".join(notes)
 
 
 def _entry(prog: Program, partition: str = "", slot: str = "", note: str = "") -> ImportEntry:
