@@ -53,6 +53,7 @@ class Code(IntEnum):
     SERIAL_SERVER = 9037
     COMPATIBILITY = 9040
     IMAGE_TOO_LARGE = 9041
+    FLAT_BUILD = 9043
     UNVERIFIABLE = 9045
     PROGRAMMER_REJECTED = 9046
     BAD_GPT = 9047
@@ -156,6 +157,8 @@ _ROWS: tuple[tuple[Code, str, str], ...] = (
     (Code.IMAGE_TOO_LARGE, "An image is too large for its partition",
      "Use the build made for this device's partition layout (compare `zflash inspect PKG` "
      "with `zflash info`); a factory reset does not grow a partition."),
+    (Code.FLAT_BUILD, "A Qualcomm flat build (rawprogram/patch XML) cannot be imported",
+     "Correct the file and entry named above; the import rules are in protocols/zpk.md 3.1."),
     (Code.UNVERIFIABLE, "A check cannot be verified because the device does not report the fact",
      "Confirm the firmware matches this device, then pass --accept-unverifiable."),
     (Code.PROGRAMMER_REJECTED, "The device's boot ROM refused the EDL programmer",
@@ -209,6 +212,17 @@ _CAUSE_ROWS: tuple[tuple[Code, str, str, str], ...] = (
     (Code.COMPATIBILITY, "baseband", "The package does not list the device's baseband",
      "Use the build made for this device's baseband (modem) variant; `zflash info` shows "
      "it."),
+    (Code.FLAT_BUILD, "xml", "A rawprogram or patch file is not plain, well-formed XML",
+     "Use the XML the build tools wrote: no DOCTYPE or entity declarations, at most "
+     "4 MiB."),
+    (Code.FLAT_BUILD, "entry", "An entry has a missing or bad attribute, or cannot become a "
+     "package partition",
+     "Correct the entry at the line named above (attributes: REFERENCE-EDL 4)."),
+    (Code.FLAT_BUILD, "fuse", "The build programs a fuse or security partition (secdata)",
+     "Writing it can fuse the device for good; if that is intended, pass --include-fuse "
+     "NAME for that partition."),
+    (Code.FLAT_BUILD, "patch", "A DISK patch changes sectors outside the partition tables",
+     "zflash keeps the device's GPT and carries no patches; rebuild without that patch."),
     (Code.COMPATIBILITY, "layout",
      "A partition has A/B slots in the package but not on the device, or the reverse",
      "Use the build made for this device's partition layout, or rebuild the package with "

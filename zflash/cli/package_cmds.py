@@ -8,8 +8,9 @@ Each command imports what it needs when it runs: `zflash errors` loads no packag
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import click
 
@@ -20,6 +21,7 @@ from zflash.package.format import DEFAULT_BLOCK_SIZE, KIND_NAMES, Manifest
 from zflash.package.names import ALGORITHMS, CODECS, DEFAULT_CODEC, MIN_RSA_BITS
 
 if TYPE_CHECKING:
+    from zflash.package.edlspec import EdlSpec
     from zflash.package.writer import PartitionSource
 
 
@@ -94,6 +96,49 @@ def _parse_images(images: tuple[str, ...], unslotted: tuple[str, ...]) -> list[P
     return sources
 
 
+def _flat_build(rawprograms: tuple[Path, ...], patches: tuple[Path, ...],
+                include_fuse: tuple[str, ...], hw_ids: tuple[str, ...],
+                key_hashes: tuple[str, ...], programmer: Path | None,
+                workdir: Path) -> tuple[list[PartitionSource], EdlSpec]:
+    """Partitions and the manifest's ``edl`` object from a Qualcomm flat build."""
+    from zflash.package.edlspec import MAX_PROGRAMMER, EdlSpec, Programmer, edl_from_json
+    from zflash.package.rawprogram import import_build
+    if not hw_ids or not key_hashes:
+        raise ZflashError(Code.USAGE, "--rawprogram needs --msm-hw-id and --oem-key-hash: an "
+                                      "EDL package names the parts it is for")
+    imported = import_build(list(rawprograms), list(patches), set(include_fuse), workdir)
+    prog = None
+    if programmer is not None:
+        try:
+            with open(programmer, "rb") as handle:  # bounded: edl_from_json refuses a big one
+                prog = Programmer(programmer.name, handle.read(MAX_PROGRAMMER + 1))
+        except OSError as exc:
+            raise ZflashError(Code.FILE_UNREADABLE, f"{programmer}: {exc.strerror}") from None
+    spec = EdlSpec(tuple(h.lower() for h in hw_ids), tuple(k.lower() for k in key_hashes),
+                   prog, None, imported.flat_build)
+    try:
+        edl_from_json(spec.to_json())
+    except ZflashError as exc:
+        raise ZflashError(Code.USAGE, exc.detail) from None
+    return imported.sources, spec
+
+
+@contextmanager
+def _workdir(output: Path) -> Iterator[Path]:
+    """A scratch folder beside the output, for images a flat build needs cut."""
+    import shutil
+    import tempfile
+    try:
+        work = tempfile.mkdtemp(dir=output.parent if str(output.parent) else ".",
+                                prefix=".zflash-import-")
+    except OSError as exc:
+        raise ZflashError(Code.FILE_UNWRITABLE, f"{output.parent}: {exc.strerror}") from None
+    try:
+        yield Path(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 @main.command()
 @click.option("--recipe", type=click.Path(path_type=Path),
               help="JSON recipe file (format: protocols/recipe.md).")
@@ -110,6 +155,17 @@ def _parse_images(images: tuple[str, ...], unslotted: tuple[str, ...]) -> list[P
               help="Unix time; default the recipe's, else $SOURCE_DATE_EPOCH or now.")
 @click.option("--image", "images", multiple=True, help="NAME=PATH, raw or sparse (repeat).")
 @click.option("--unslotted", multiple=True, help="Partition without A/B slots (repeat).")
+@click.option("--rawprogram", "rawprograms", multiple=True, type=click.Path(path_type=Path),
+              help="Qualcomm flat build: rawprogramN.xml, one per LUN (repeat).")
+@click.option("--patch", "patches", multiple=True, type=click.Path(path_type=Path),
+              help="The build's patchN.xml (repeat).")
+@click.option("--include-fuse", multiple=True, help="Pack this fuse partition (secdata) "
+              "anyway (repeat).")
+@click.option("--msm-hw-id", "hw_ids", multiple=True, help="EDL: accepted MSM HW id (repeat).")
+@click.option("--oem-key-hash", "key_hashes", multiple=True,
+              help="EDL: accepted OEM key hash (repeat).")
+@click.option("--programmer", type=click.Path(path_type=Path),
+              help="EDL: the Firehose programmer to carry in the package.")
 @click.option("--key", "key_paths", multiple=True, type=click.Path(path_type=Path),
               help="Signing private key (repeat for several signatures).")
 @click.option("--codec", type=click.Choice(CODECS), default=DEFAULT_CODEC, show_default=True,
@@ -124,14 +180,24 @@ def _parse_images(images: tuple[str, ...], unslotted: tuple[str, ...]) -> list[P
 def pack(recipe: Path | None, profile: Path | None, product: str | None,
          hw_revs: tuple[str, ...], basebands: tuple[str, ...], fw_version: str | None,
          rollback_index: int | None, rollback_location: int | None, build_time: int | None,
-         images: tuple[str, ...], unslotted: tuple[str, ...], key_paths: tuple[Path, ...],
+         images: tuple[str, ...], unslotted: tuple[str, ...], rawprograms: tuple[Path, ...],
+         patches: tuple[Path, ...], include_fuse: tuple[str, ...], hw_ids: tuple[str, ...],
+         key_hashes: tuple[str, ...], programmer: Path | None, key_paths: tuple[Path, ...],
          codec: str, level: int, zstd_level: int, block_size: int, output: Path, force: bool,
          as_json: bool) -> None:
-    """Build a signed .zpk package from partition images (options override the recipe)."""
+    """Build a signed .zpk package from partition images (options override the recipe).
+
+    With --rawprogram (and --patch) the images come from a Qualcomm flat build."""
+    import contextlib
+    import dataclasses
+
     from zflash.package import keys as keymod
     from zflash.package.layout import DeviceLayout, check_images
     from zflash.package.recipe import load_recipe, package_info
     from zflash.package.writer import build_package
+    if not rawprograms and (patches or include_fuse or hw_ids or key_hashes or programmer):
+        raise ZflashError(Code.USAGE, "--patch, --include-fuse, --msm-hw-id, --oem-key-hash "
+                                      "and --programmer go with --rawprogram")
     base = load_recipe(recipe) if recipe else None
     sources = _parse_images(images, unslotted) if images else (base.sources if base else [])
     given = {"product": product, "hardware_revisions": list(hw_revs) or None,
@@ -146,8 +212,16 @@ def pack(recipe: Path | None, profile: Path | None, product: str | None,
         check_images(DeviceLayout.load(profile), sources)
     all_keys = list(key_paths) or (base.keys if base else [])
     signing = [keymod.load_private_key(p) for p in all_keys]
-    manifest = build_package(info, sources, signing, output, codec, level, block_size,
-                             zstd_level)
+    with contextlib.ExitStack() as stack:
+        if rawprograms:
+            if images:
+                raise ZflashError(Code.USAGE, "give --image or --rawprogram, not both")
+            work = stack.enter_context(_workdir(output))
+            sources, spec = _flat_build(rawprograms, patches, include_fuse, hw_ids,
+                                        key_hashes, programmer, work)
+            info = dataclasses.replace(info, edl=spec)
+        manifest = build_package(info, sources, signing, output, codec, level, block_size,
+                                 zstd_level)
     if as_json:
         emit_json({"output": str(output), "manifest": manifest.to_json(),
                    "size": output.stat().st_size})
@@ -170,6 +244,25 @@ def _manifest_summary(manifest: Manifest) -> list[str]:
     for p in manifest.partitions:
         lines.append(f"  {p.name:<12} {'yes' if p.slotted else 'no':<4} {p.size:>12} "
                      f"{p.stored_size:>12} {p.block_count:>7}  {p.sha256[:16]}...")
+    return lines
+
+
+def _flat_build_lines(manifest: Manifest) -> list[str]:
+    """The rawprogram entries and what became of them (package partition, or why not)."""
+    flat = manifest.edl.flat_build if manifest.edl else None
+    if flat is None:
+        return []
+    lines = [f"flat build:         {flat.sector_size}-byte sectors",
+             f"  {'entry':<22} {'label':<14} {'LUN':>3} {'start':>20} {'sectors':>9}  "
+             "partition / note"]
+    for e in flat.entries:
+        target = f"{e.partition}{' (slot ' + e.slot + ')' if e.slot else ''}"
+        what = "; ".join(x for x in (target, e.note) if x)
+        lines.append(f"  {e.file + ':' + str(e.line):<22} {e.label:<14} {e.lun:>3} "
+                     f"{e.start_sector:>20} {e.sectors:>9}  {what}")
+    for p in flat.patches:
+        lines.append(f"  {p.file}: {p.disk} DISK patches, {p.host} patches of the build's "
+                     f"GPT files; {p.note}")
     return lines
 
 
@@ -199,6 +292,8 @@ def inspect(package: Path, as_json: bool) -> None:
             click.echo(line)
         for name, counts in kinds.items():
             click.echo(f"  {name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        for line in _flat_build_lines(head.manifest):
+            click.echo(line)
         for sig in sigs:
             click.echo(f"signed by:          {sig['algorithm']} key {sig['key_id']}")
 

@@ -25,6 +25,9 @@ MAX_BASEBAND_LENGTH = 64
 _HW_ID = re.compile(r"^[0-9a-f]{16}$")
 _KEY_HASH = re.compile(r"^(?:[0-9a-f]{64}|[0-9a-f]{96}|[0-9a-f]{128})$")
 _PART = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+MAX_IMPORT_ENTRIES = 512
+MAX_IMPORT_TEXT = 200
+_SECTOR_EXPR = re.compile(r"^(?:[0-9]{1,20}|NUM_DISK_SECTORS-[0-9]{1,20}\.?)$")
 
 
 def _malformed(detail: str) -> ZflashError:
@@ -64,11 +67,65 @@ class BasebandSource:
 
 
 @dataclass(frozen=True)
+class ImportEntry:
+    """One ``<program>``/``<erase>`` entry of an imported flat build and what became of it:
+    ``partition`` (+ ``slot``) when its image is a package partition, else ``""`` and
+    ``note`` says why not (GPT, no image, second copy of a slot pair...)."""
+
+    file: str
+    line: int
+    tag: str
+    label: str
+    filename: str
+    lun: int
+    start_sector: str
+    sectors: int
+    partition: str = ""
+    slot: str = ""
+    note: str = ""
+
+    FIELDS = ("file", "line", "tag", "label", "filename", "lun", "start_sector", "sectors",
+              "partition", "slot", "note")
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+
+@dataclass(frozen=True)
+class ImportPatches:
+    """What one patch XML held: ``disk`` device patches, ``host`` patches of the build's
+    own GPT files, and ``note``: what zflash did with them (protocols/zpk.md 3.1)."""
+
+    file: str
+    disk: int
+    host: int
+    note: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "disk": self.disk, "host": self.host, "note": self.note}
+
+
+@dataclass(frozen=True)
+class FlatBuild:
+    """The mapping from a Qualcomm flat build (rawprogram/patch XML) to the package."""
+
+    sector_size: int
+    entries: tuple[ImportEntry, ...]
+    patches: tuple[ImportPatches, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sector_size": self.sector_size,
+                "entries": [e.to_json() for e in self.entries],
+                "patches": [p.to_json() for p in self.patches]}
+
+
+@dataclass(frozen=True)
 class EdlSpec:
     hw_ids: tuple[str, ...]
     oem_key_hashes: tuple[str, ...]
     programmer: Programmer | None = None
     baseband: BasebandSource | None = None
+    flat_build: FlatBuild | None = None
 
     def allows(self, hw_id: str, key_hash: str) -> tuple[bool, bool]:
         """(HW id allowed, key hash allowed)."""
@@ -81,6 +138,8 @@ class EdlSpec:
             out["programmer"] = self.programmer.to_json()
         if self.baseband is not None:
             out["baseband"] = self.baseband.to_json()
+        if self.flat_build is not None:
+            out["flat_build"] = self.flat_build.to_json()
         return out
 
 
@@ -105,8 +164,10 @@ def _object(value: Any, what: str, fields: set[str]) -> dict[str, Any]:
 def edl_from_json(obj: Any) -> EdlSpec:
     """Validate untrusted JSON; every bad value is MALFORMED_PACKAGE."""
     if not isinstance(obj, dict) or not {"hw_ids", "oem_key_hashes"} <= set(obj) or \
-            not set(obj) <= {"hw_ids", "oem_key_hashes", "programmer", "baseband"}:
-        raise _malformed("needs hw_ids and oem_key_hashes, optionally programmer, baseband")
+            not set(obj) <= {"hw_ids", "oem_key_hashes", "programmer", "baseband",
+                             "flat_build"}:
+        raise _malformed("needs hw_ids and oem_key_hashes, optionally programmer, baseband, "
+                         "flat_build")
     programmer = None
     if "programmer" in obj:
         raw = _object(obj["programmer"], "programmer", {"name", "sha256", "data"})
@@ -135,6 +196,58 @@ def edl_from_json(obj: Any) -> EdlSpec:
                                           MAX_BASEBAND_LENGTH))
         if baseband.length == 0:
             raise _malformed("baseband.length must be 1..64")
+    flat = _flat_build(obj["flat_build"]) if "flat_build" in obj else None
     return EdlSpec(_list(obj["hw_ids"], "hw_ids", _HW_ID),
                    _list(obj["oem_key_hashes"], "oem_key_hashes", _KEY_HASH),
-                   programmer, baseband)
+                   programmer, baseband, flat)
+
+
+def _short(value: Any, what: str, empty: bool = True) -> str:
+    if not isinstance(value, str) or len(value) > MAX_IMPORT_TEXT or \
+            not all(0x20 <= ord(c) < 0x7F for c in value) or (not empty and not value):
+        raise _malformed(f"{what} must be printable ASCII of at most {MAX_IMPORT_TEXT} "
+                         "characters")
+    return value
+
+
+def _flat_build(value: Any) -> FlatBuild:
+    raw = _object(value, "flat_build", {"sector_size", "entries", "patches"})
+    sector = raw["sector_size"]
+    if sector not in (512, 4096) or isinstance(sector, bool):
+        raise _malformed("flat_build.sector_size must be 512 or 4096")
+    items, patches = raw["entries"], raw["patches"]
+    if not isinstance(items, list) or not 0 < len(items) <= MAX_IMPORT_ENTRIES:
+        raise _malformed(f"flat_build.entries must list 1..{MAX_IMPORT_ENTRIES} entries")
+    if not isinstance(patches, list) or len(patches) > 64:
+        raise _malformed("flat_build.patches must list at most 64 patch files")
+    entries = []
+    for index, item in enumerate(items):
+        where = f"flat_build.entries[{index}]"
+        e = _object(item, where, set(ImportEntry.FIELDS))
+        if e["tag"] not in ("program", "erase") or e["slot"] not in ("", "a", "b"):
+            raise _malformed(f"{where}: tag must be program or erase, slot a, b or empty")
+        start = _short(e["start_sector"], f"{where}.start_sector", empty=False)
+        if not _SECTOR_EXPR.match(start):
+            raise _malformed(f"{where}.start_sector {start!r} is neither a sector number "
+                             "nor NUM_DISK_SECTORS-N.")
+        part = _short(e["partition"], f"{where}.partition")
+        if part and not _PART.match(part):
+            raise _malformed(f"{where}.partition {part!r} is not a partition name")
+        if e["slot"] and not part:
+            raise _malformed(f"{where}: a slot without a partition")
+        entries.append(ImportEntry(
+            _short(e["file"], f"{where}.file", empty=False),
+            _F.uint(e["line"], f"{where}.line", 1 << 32), e["tag"],
+            _short(e["label"], f"{where}.label"), _short(e["filename"], f"{where}.filename"),
+            _F.uint(e["lun"], f"{where}.lun", 31), start,
+            _F.uint(e["sectors"], f"{where}.sectors", 1 << 40), part, e["slot"],
+            _short(e["note"], f"{where}.note")))
+    found = []
+    for index, item in enumerate(patches):
+        where = f"flat_build.patches[{index}]"
+        p = _object(item, where, {"file", "disk", "host", "note"})
+        found.append(ImportPatches(_short(p["file"], f"{where}.file", empty=False),
+                                   _F.uint(p["disk"], f"{where}.disk", 1 << 16),
+                                   _F.uint(p["host"], f"{where}.host", 1 << 16),
+                                   _short(p["note"], f"{where}.note")))
+    return FlatBuild(sector, tuple(entries), tuple(found))
