@@ -1,9 +1,11 @@
 """One host-side ZDL session: the sans-IO HostEngine driven over a Transport, with timers.
 
 The engine decides what to send; this class does the I/O and the timing the engine leaves to
-its caller: the retransmission timeout, the give-up rule (zdl.md 5.4: five silent timeouts in
-a row is a lost link), and the serial baud switch with its confirming PING and fallback.
-State lives in the object, so many sessions can run at once, one per device.
+its caller (zdl.md 5.4): a retransmission timeout that starts short and adapts to the measured
+delivery rate, a lost link after ``life_limit`` s without a valid frame (9024), a stuck device
+after ``progress_limit`` s without progress however many keep-alives it sends (9025), and the
+serial baud switch with its confirming PING and fallback. State lives in the object, so many
+sessions can run at once, one per device.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ PROGRESS_LIMIT = 120.0
 #: keep-alive interval, far below the nominal-baud estimate (a window at 115200 is minutes)
 RTO_FLOOR = 1.5
 RTO_CEILING = LIFE_LIMIT / 2  # at least one retransmission before the link is given up
+#: a write to a byte stream goes out in pieces this big; between pieces that took a while,
+#: what the device sent meanwhile (keep-alives) is read, so a long write on a slow line
+#: neither fills the device's output buffer nor hides the device's signs of life
+SEND_PIECE = 64 << 10
+POLL_DURING_SEND = 0.25
 
 Emit = Callable[[dict[str, object]], None]
 
@@ -87,7 +94,7 @@ class ZdlSession:
         if not frames:
             return
         if self.transport.is_stream:
-            self.transport.write(b"".join(frames))
+            self._write_stream(b"".join(frames))
         else:
             batch: list[bytes] = []
             size = 0
@@ -99,6 +106,25 @@ class ZdlSession:
                 size += len(frame)
             self.transport.write(b"".join(batch))
         self._last_send = time.monotonic()
+
+    def _write_stream(self, data: bytes) -> None:
+        view = memoryview(data)
+        polled = time.monotonic()
+        for start in range(0, len(view), SEND_PIECE):
+            self.transport.write(view[start:start + SEND_PIECE])
+            if time.monotonic() - polled >= POLL_DURING_SEND:
+                self._take_waiting()
+                polled = time.monotonic()
+
+    def _take_waiting(self) -> None:
+        """Hand what already arrived to the engine (decoded, and stamped, on the next pump)."""
+        try:
+            data = self.transport.read(READ_SIZE, 0)
+        except ZflashError as exc:
+            if exc.code != Code.TIMEOUT:
+                raise
+            return
+        self.engine.receive_data(data)
 
     @property
     def rto(self) -> float:
