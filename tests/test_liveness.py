@@ -7,6 +7,7 @@ options; the hostile-device tests drive a ``ZdlSession`` against a fake device o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -22,7 +23,7 @@ from conftest import SIGNING_PUB
 from emulator_helpers import GOOD, NEWER, demo_profile
 from zflash.emulator.runner import EmulatorRunner, LinkFaults
 from zflash.errors import Code, ZflashError
-from zflash.protocol.zdl import DeviceEngine, Identify, MsgType
+from zflash.protocol.zdl import Data, DeviceEngine, Done, Identify, MsgType, Read
 from zflash.protocol.zdl.constants import CHUNK_HEADER, FLAG_CHUNK, SWITCH_BAUDS
 from zflash.protocol.zdl.frames import FrameDecoder, encode_frame, encode_frame_parts
 from zflash.protocol.zdl.host import HostEngine
@@ -208,7 +209,7 @@ class FakeDevice:
                 if not data:
                     return
                 for event in engine.receive_data(data):
-                    if isinstance(event, Identify):
+                    if isinstance(event, (Identify, Read)):
                         conn.sendall(b"".join(engine.data_to_send()))
                         self._act(conn, engine, self.stop)
                         return
@@ -255,6 +256,37 @@ def test_a_hostile_device_cannot_hold_a_request_forever(act, code):
         with pytest.raises(ZflashError) as caught:
             session.identify()
         assert caught.value.code == code, caught.value
+    finally:
+        transport.close()
+        device.close()
+
+
+def trickled_read_answer(conn: socket.socket, engine: DeviceEngine,
+                         stop: threading.Event) -> None:
+    """One 4 KiB DATA frame at 1.3 kB/s (3 s, three times the host's life limit), then DONE."""
+    data = bytes(range(256)) * 16
+    frame = b"".join(engine.respond(Data(0, data)))
+    for start in range(0, len(frame), 64):
+        if stop.wait(0.02):
+            return
+        conn.sendall(frame[start:start + 64])
+    conn.sendall(b"".join(engine.respond(Done(len(data), hashlib.sha256(data).hexdigest()))))
+    stop.wait(5)
+
+
+def test_a_frame_still_arriving_is_a_sign_of_life():
+    """A DATA frame that takes longer than the life limit to arrive is a slow line, not a dead
+    one: the bytes of a frame whose header checked out keep the link alive."""
+    device = FakeDevice(trickled_read_answer)
+    transport = open_transport(device.url, timeout=2)
+    try:
+        session = ZdlSession(transport, SessionOptions(max_data=4096, life_limit=1.0,
+                                                       progress_limit=10.0))
+        session.connect()
+        got = bytearray()
+        session.read("system", "a", 0, 4096, got.extend)
+        assert bytes(got) == bytes(range(256)) * 16
+        assert session.stats["retransmissions"] == 0
     finally:
         transport.close()
         device.close()

@@ -81,7 +81,9 @@ class FrameDecoder:
     time, so a limit raised by the frame just returned (the WELCOME) already applies to the
     next one. ``feed`` does both for callers that want a list. ``max_data`` is the negotiated
     limit (None before the handshake). Counters: ``frames``, ``crc_errors``, ``skipped_bytes``,
-    ``abandoned`` (candidates given up by ``abandon_partial``).
+    ``abandoned`` (candidates given up by ``abandon_partial``), ``candidate_bytes`` (bytes
+    collected into frames whose header passed its checks, complete or not: a large frame on a
+    slow line shows it is still arriving long before its CRC can be checked).
     """
 
     def __init__(self, max_data: int | None = None) -> None:
@@ -97,6 +99,7 @@ class FrameDecoder:
         self._have = 0
         self._skip_run = 0
         self.abandoned = 0
+        self.candidate_bytes = 0
 
     def reset(self) -> None:
         """Forget any partial frame and unread input (e.g. after a baud-rate change)."""
@@ -202,6 +205,7 @@ class FrameDecoder:
                 take = min(len(body) - self._have, end - pos)
                 body[self._have:self._have + take] = view[pos:pos + take]
                 self._have += take
+                self.candidate_bytes += take
                 pos += take
                 if self._have < len(body):
                     return
@@ -269,6 +273,7 @@ class FrameDecoder:
             pos = start
 
     def _start_body(self, head: bytes, length: int) -> None:
+        self.candidate_bytes += HEADER_SIZE
         self._head = head
         self._body = bytearray(length + CRC_SIZE)
         self._have = 0

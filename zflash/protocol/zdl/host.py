@@ -255,6 +255,12 @@ class HostEngine:
         """Wire bytes of the frames sent and not yet acknowledged (the drain estimate)."""
         return sum(len(s.frame) for s in self._unacked)
 
+    @property
+    def arriving(self) -> int:
+        """A counter that moves while a frame is still arriving (zdl.md 5.4: life, not
+        progress): bytes taken into candidate frames not yet complete."""
+        return self._decoder.candidate_bytes
+
     def abandon_partial(self) -> bool:
         """The line went quiet inside a frame: give it up and rescan (zdl.md 2.3)."""
         return self._decoder.abandon_partial()

@@ -85,7 +85,7 @@ class ZdlSession:
         self._last_life = now      # last valid frame from the device
         self._last_progress = now  # last time the engine's progress count moved
         self._last_send = now      # last write (or retransmission)
-        self._seen = (0, 0)        # (frames received, progress) at the last look
+        self._seen = (0, 0)        # (frames received + bytes arriving, progress) last seen
 
     # ------------------------------------------------------------------ I/O plumbing
     def _send(self, frames: list[bytes]) -> None:
@@ -163,7 +163,10 @@ class ZdlSession:
         self._send(self.engine.data_to_send())
 
     def _stamp(self) -> None:
-        seen = (self.engine.stats.frames_received, self.engine.progress)
+        """Life: a valid frame, or a frame still arriving (a 256 KiB DATA frame takes 22 s at
+        115200). Progress: the engine's count moved. Garbage that forms no frame is neither;
+        garbage with plausible headers is life at most, so the progress clock still ends it."""
+        seen = (self.engine.stats.frames_received + self.engine.arriving, self.engine.progress)
         if seen == self._seen:
             return
         now = time.monotonic()
