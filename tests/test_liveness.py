@@ -290,3 +290,25 @@ def test_a_frame_still_arriving_is_a_sign_of_life():
     finally:
         transport.close()
         device.close()
+
+
+class _Line:
+    """Just enough of a serial Transport for ZdlSession's clocks (no I/O happens)."""
+
+    has_baudrate = True
+    is_stream = True
+
+    def __init__(self, baudrate: int) -> None:
+        self.baudrate = baudrate
+
+
+def test_the_progress_allowance_covers_one_frame_at_the_nominal_rate():
+    """At 9600 baud a 256 KiB frame takes 273 s and only its complete arrival is progress:
+    the allowance grows to three frames at the line's floor rate, never below the option."""
+    from zflash.protocol.zdl.events import Session
+    slow = ZdlSession(_Line(9600), SessionOptions(progress_limit=120.0))  # type: ignore[arg-type]
+    slow.session = Session(1, 256 << 10, 32, ("none",))
+    assert slow.progress_limit == pytest.approx(3 * ((256 << 10) + 16) / 960)
+    fast = ZdlSession(_Line(4_000_000), SessionOptions(progress_limit=120.0))  # type: ignore[arg-type]
+    fast.session = Session(1, 256 << 10, 32, ("none",))
+    assert fast.progress_limit == 120.0

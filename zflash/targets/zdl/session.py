@@ -81,6 +81,10 @@ class ZdlSession:
         self.session: Session | None = None
         self.rejected: list[BlockRejected] = []
         self._measured_rate: float | None = None
+        #: a serial line is never slower than its nominal rate: the floor the progress
+        #: allowance for one frame is computed from (never the RTO: a pty is far faster)
+        self._line_rate: float | None = (transport.baudrate / 10  # type: ignore[attr-defined]
+                                         if transport.has_baudrate else None)
         now = time.monotonic()
         self._last_life = now      # last valid frame from the device
         self._last_progress = now  # last time the engine's progress count moved
@@ -142,6 +146,17 @@ class ZdlSession:
             rto = max(rto, 2 * self.engine.in_flight_bytes / self._measured_rate)
         return min(rto, RTO_CEILING)
 
+    @property
+    def progress_limit(self) -> float:
+        """``progress_limit``, or longer when one whole frame takes longer at the slowest rate
+        known (nominal baud, measured delivery): at 9600 baud a 256 KiB frame takes 273 s,
+        and only its complete arrival is progress."""
+        limit = self.options.progress_limit
+        rates = [r for r in (self._line_rate, self._measured_rate) if r]
+        if rates and self.session is not None:
+            limit = max(limit, 3 * (self.session.max_data + 16) / min(rates))
+        return limit
+
     def _note_progress(self, acked_bytes: int, seconds: float) -> None:
         if seconds <= 0 or acked_bytes <= 0:
             return
@@ -191,13 +206,13 @@ class ZdlSession:
         now = time.monotonic()
         retransmit_at = max(self._last_life, self._last_send) + self.rto
         dead_at = self._last_life + self.options.life_limit
-        stuck_at = self._last_progress + self.options.progress_limit
+        stuck_at = self._last_progress + self.progress_limit
         yield from self._exchange(min(retransmit_at, dead_at, stuck_at) - now)
         now = time.monotonic()
         if now >= self._last_life + self.options.life_limit:
             raise ZflashError(Code.LINK_LOST, "no sign of life from the device for "
                               f"{now - self._last_life:.1f} s")
-        if now >= self._last_progress + self.options.progress_limit:
+        if now >= self._last_progress + self.progress_limit:
             raise ZflashError(Code.TIMEOUT, "the device answers but made no progress for "
                               f"{now - self._last_progress:.1f} s")
         if now >= max(self._last_life, self._last_send) + self.rto:
@@ -255,6 +270,7 @@ class ZdlSession:
             while time.monotonic() < end:
                 for event in self._exchange(max(0.01, end - time.monotonic())):
                     if isinstance(event, BaudSwitched):
+                        self._line_rate = baud / 10
                         self.emit({"event": "baud", "baud": baud, "switched": True})
                         return
         self.engine.baud_switch_failed()
