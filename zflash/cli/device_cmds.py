@@ -34,15 +34,18 @@ def device_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def link_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--baud", type=click.IntRange(1200, 100_000_000),
-                        help="Serial: ask the device to switch to this rate after connecting.")(func)
+                        help="Serial: ask the device to switch to this standard UART rate "
+                             "(9600 .. 4000000) after connecting; others are refused (9002).")(func)
     func = click.option("--max-data", type=click.IntRange(4096, 1 << 20), default=256 << 10,
                         show_default=True, help="Largest frame payload to offer.")(func)
     func = click.option("--window", type=click.IntRange(1, 64), default=32, show_default=True,
                         help="Frames in flight.")(func)
     return click.option("--timeout", type=click.FloatRange(0.1, 600), default=5.0,
                         show_default=True,
-                        help="Seconds to wait for the device to appear and to answer the "
-                             "handshake (a flash in progress has its own bounds).")(func)
+                        help="Seconds to wait for the device to appear (open or connect) and "
+                             "to answer the ZDL handshake. After that the link has its own "
+                             "bounds: 10 s without a sign of life is a lost link (9024), "
+                             "120 s without progress a stuck device (9025).")(func)
 
 
 def link_settings(baud: int | None, max_data: int, window: int,

@@ -27,6 +27,10 @@ from zflash.protocol.zdl import (CODEC_NONE, CODEC_ZLIB, CODEC_ZSTD, BeginUpdate
 READ_SIZE = 1 << 20
 POLL = 0.2
 PING_WAIT = 1.0
+#: seconds between keep-alives while busy or receiving (zdl.md 5.2: at least every 0.5 s)
+KEEPALIVE = 0.4
+#: a candidate frame with no new byte for this long is given up and rescanned (zdl.md 2.3)
+IDLE_IN_FRAME = 0.5
 #: wire codec -> the package block kind the device decodes it as
 _KIND_OF_CODEC = {CODEC_NONE: KIND_RAW, CODEC_ZLIB: KIND_ZLIB, CODEC_ZSTD: KIND_ZSTD}
 
@@ -61,6 +65,7 @@ class ZdlServer:
         engine = DeviceEngine(max_data=self.options.max_data, window=self.options.window,
                               bauds=self.options.bauds, codecs=self.options.codecs,
                               admit=gate.admit)
+        beat = _Heartbeat(conn, engine)
         ping_deadline: float | None = None
         try:
             while not stop.is_set():
@@ -75,17 +80,22 @@ class ZdlServer:
                         ping_deadline = None
                         if engine.ping_timeout() and set_baud:
                             set_baud(0)
-                    self._write(conn, engine.data_to_send())
+                    events = engine.line_idle() if beat.quiet_for() >= IDLE_IN_FRAME else []
+                    for event in events:
+                        beat.write(self._handle(engine, event, beat))
+                    beat.write(engine.data_to_send())
                     continue
+                beat.received()
                 for event in engine.receive_data(data):
                     if isinstance(event, SwitchBaud):
-                        self._write(conn, engine.data_to_send())
+                        beat.write(engine.data_to_send())
                         if set_baud:
                             set_baud(event.baud)
                         ping_deadline = time.monotonic() + PING_WAIT
                     else:
-                        self._write(conn, self._handle(engine, event))
-                self._write(conn, engine.data_to_send())
+                        beat.write(self._handle(engine, event, beat))
+                beat.write(engine.data_to_send())
+                beat.tick()
         except HostDisconnected:
             pass
         except PowerLoss:
@@ -95,13 +105,10 @@ class ZdlServer:
         finally:
             gate.leave()
 
-    @staticmethod
-    def _write(conn: DeviceConnection, frames: list[bytes]) -> None:
-        if frames:
-            conn.write(b"".join(frames))
-
-    def _handle(self, engine: DeviceEngine, request: object) -> list[bytes]:
-        """One request -> the frames that answer it (or refuse it)."""
+    def _handle(self, engine: DeviceEngine, request: object, beat: "_Heartbeat") -> list[bytes]:
+        """One request -> the frames that answer it (or refuse it). While the device works
+        (hashing, KEEP, commit) its ``on_alive`` sends keep-alives through ``beat``."""
+        self.device.on_alive = beat.tick
         try:
             if isinstance(request, WriteBlock):
                 try:
@@ -115,6 +122,8 @@ class ZdlServer:
             raise
         except ZflashError as exc:
             return engine.respond(Error(exc.code, (exc.detail or exc.info.meaning)[:1024]))
+        finally:
+            self.device.on_alive = _nobody
 
     def _answer(self, engine: DeviceEngine, request: object) -> list[bytes]:
         device = self.device
@@ -165,6 +174,38 @@ class ZdlServer:
                 offset += len(part)
         frames += engine.respond(Done(request.length, digest.hexdigest()))
         return frames
+
+
+def _nobody() -> None:
+    """``on_alive`` between requests: no host to tell."""
+
+
+class _Heartbeat:
+    """The device's sign of life on one connection (zdl.md 5.2): a keep-alive ACK at least
+    every ``KEEPALIVE`` s while the device works on a request or is still receiving a frame,
+    so a host on a slow line can tell a device that is busy (or draining its window) from a
+    dead one, and never retransmits what is still on its way."""
+
+    def __init__(self, conn: DeviceConnection, engine: DeviceEngine) -> None:
+        self._conn, self._engine = conn, engine
+        self._last_rx = self._last_tx = time.monotonic()
+
+    def received(self) -> None:
+        self._last_rx = time.monotonic()
+
+    def quiet_for(self) -> float:
+        return time.monotonic() - self._last_rx
+
+    def write(self, frames: list[bytes]) -> None:
+        if frames:
+            self._conn.write(b"".join(frames))
+            self._last_tx = time.monotonic()
+
+    def tick(self) -> None:
+        """Send a keep-alive if nothing went to the host for ``KEEPALIVE`` s."""
+        if self._engine.session is not None and \
+                time.monotonic() - self._last_tx >= KEEPALIVE:
+            self.write(self._engine.keepalive())
 
 
 class _SessionGate:

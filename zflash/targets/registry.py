@@ -73,14 +73,16 @@ def open_target(url: str, options: LinkOptions | None = None,
     else:
         from zflash.targets.zdl.session import SessionOptions
         from zflash.targets.zdl.target import ZdlTarget
+        # built first: it refuses a baud no device can switch to (9002) before a port opens
+        session_options = SessionOptions(
+            max_data=options.max_data, window=options.window, baud=options.baud,
+            rto=options.rto, connect_timeout=options.timeout)
         transport = open_transport(url, timeout=options.timeout)
         if options.baud is not None and not transport.has_baudrate:
             transport.close()
             raise ZflashError(Code.USAGE, f"--baud applies to serial ports only; {url} is "
                                           "not one")
-        target = ZdlTarget(url, transport, SessionOptions(
-            max_data=options.max_data, window=options.window, baud=options.baud,
-            rto=options.rto, connect_timeout=options.timeout), emit)
+        target = ZdlTarget(url, transport, session_options, emit)
     try:
         target.connect()
         yield target

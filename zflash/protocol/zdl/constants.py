@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 from enum import IntEnum
 
+from zflash.errors import Code, ZflashError
+
 VERSION = 1
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
 
@@ -30,6 +32,13 @@ FLAG_CHUNK = 0x01
 CHUNK_HEADER = struct.Struct("<II")      # total, offset
 BLOCK_HEADER = struct.Struct("<HIB")     # partition, block, codec
 DATA_HEADER = struct.Struct("<Q")        # offset
+
+#: line rates a ZDL device may be asked to switch to (zdl.md 6.1): the standard UART rates
+#: (Linux termios B9600 .. B4000000). A device offers a subset on each serial link (the
+#: emulator: 230400, 460800, 921600, 2000000); anything else cannot be set on a real UART.
+SWITCH_BAUDS: tuple[int, ...] = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 500000,
+                                 576000, 921600, 1000000, 1152000, 1500000, 2000000, 2500000,
+                                 3000000, 3500000, 4000000)
 
 CODEC_NONE = 0
 CODEC_ZLIB = 1
@@ -77,6 +86,14 @@ DEVICE_TYPES = frozenset(MsgType) - HOST_TYPES
 SEQUENCED_TYPES = HOST_TYPES - {MsgType.HELLO, MsgType.PING}
 REQUEST_TYPES = SEQUENCED_TYPES - {MsgType.WRITE_BLOCK}
 CHUNKABLE_TYPES = frozenset(MsgType) - LINK_TYPES - {MsgType.WRITE_BLOCK, MsgType.DATA}
+
+
+def check_baud(baud: int) -> int:
+    """``baud`` if a device can be asked to switch to it, else 9002 naming the rates."""
+    if baud not in SWITCH_BAUDS:
+        raise ZflashError(Code.USAGE, f"unsupported baud rate {baud}; supported: "
+                                      + ", ".join(str(b) for b in SWITCH_BAUDS))
+    return baud
 
 
 def payload_limit(msg_type: int, max_data: int | None) -> int:

@@ -162,6 +162,15 @@ class DeviceEngine:
         out, self._outbox = self._outbox, []
         return out
 
+    def line_idle(self) -> list[DeviceEvent]:
+        """The line has been quiet for a while (the loop's choice, e.g. 0.5 s): a frame cut
+        short by a damaged length is given up and its bytes rescanned (zdl.md 2.3), so the
+        NAK goes out now instead of after the host has sent ``MAX_DATA`` more bytes. Returns
+        what the rescan found, like ``receive_data``; ``data_to_send`` has the NAK."""
+        if not self._decoder.abandon_partial():
+            return []
+        return self.receive_data(b"")
+
     def keepalive(self) -> list[bytes]:
         """An ACK to send every 0.5 s during a long operation, so the host does not give up."""
         self._ack_needed = True

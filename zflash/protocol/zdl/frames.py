@@ -80,7 +80,10 @@ class FrameDecoder:
     ``push`` stores data (by reference when it is ``bytes``); ``next`` decodes one item at a
     time, so a limit raised by the frame just returned (the WELCOME) already applies to the
     next one. ``feed`` does both for callers that want a list. ``max_data`` is the negotiated
-    limit (None before the handshake). Counters: ``frames``, ``crc_errors``, ``skipped_bytes``.
+    limit (None before the handshake). Counters: ``frames``, ``crc_errors``, ``skipped_bytes``,
+    ``abandoned`` (candidates given up by ``abandon_partial``), ``candidate_bytes`` (bytes
+    collected into frames whose header passed its checks, complete or not: a large frame on a
+    slow line shows it is still arriving long before its CRC can be checked).
     """
 
     def __init__(self, max_data: int | None = None) -> None:
@@ -95,6 +98,8 @@ class FrameDecoder:
         self._body: bytearray | None = None  # payload + CRC being collected
         self._have = 0
         self._skip_run = 0
+        self.abandoned = 0
+        self.candidate_bytes = 0
 
     def reset(self) -> None:
         """Forget any partial frame and unread input (e.g. after a baud-rate change)."""
@@ -102,6 +107,33 @@ class FrameDecoder:
         self._pending.clear()
         self._body = None
         self._have = 0
+
+    @property
+    def partial(self) -> bool:
+        """Whether a candidate frame is waiting for more bytes (all input scanned)."""
+        return not self._work and (self._body is not None or bool(self._pending))
+
+    def abandon_partial(self) -> bool:
+        """The line went quiet inside a candidate frame: give it up and rescan its bytes.
+
+        A sender writes each frame back to back, so a frame that stops half way is a damaged
+        length field (or a lost tail). Waiting for the rest would wait for bytes that may never
+        come: a lone request is far shorter than a bogus length of up to ``MAX_DATA``. The
+        caller decides what "quiet" means (zdl.md 2.3); True when a candidate was dropped.
+        """
+        if not self.partial:
+            return False
+        if self._body is not None:
+            rest = SYNC[1:] + self._head + bytes(self._body[:self._have])
+            self._body, self._have = None, 0
+        else:
+            rest = bytes(self._pending[1:])
+            self._pending.clear()
+        self.abandoned += 1
+        self._skip(1)
+        if rest:
+            self._work.append((rest, 0))
+        return True
 
     def push(self, data: Buffer) -> None:
         """Queue received bytes (any size; empty is ignored, as USB zero-length packets are)."""
@@ -173,6 +205,7 @@ class FrameDecoder:
                 take = min(len(body) - self._have, end - pos)
                 body[self._have:self._have + take] = view[pos:pos + take]
                 self._have += take
+                self.candidate_bytes += take
                 pos += take
                 if self._have < len(body):
                     return
@@ -240,6 +273,7 @@ class FrameDecoder:
             pos = start
 
     def _start_body(self, head: bytes, length: int) -> None:
+        self.candidate_bytes += HEADER_SIZE
         self._head = head
         self._body = bytearray(length + CRC_SIZE)
         self._have = 0

@@ -124,6 +124,10 @@ class HostEngine:
         self._switch_token = 0
         self.blocks_acked = 0
         self.bytes_acked = 0
+        #: counts what moved the session forward: frames newly acknowledged, a new piece of
+        #: the answer, read data, an answer. Keep-alives (repeated ACKs), stale re-sends and
+        #: garbage do not count, so a caller's progress deadline cannot be fed by them.
+        self.progress = 0
         self._reset_link()
 
     # -- public API -------------------------------------------------------------------------
@@ -247,6 +251,21 @@ class HostEngine:
         return len(self._unacked)
 
     @property
+    def in_flight_bytes(self) -> int:
+        """Wire bytes of the frames sent and not yet acknowledged (the drain estimate)."""
+        return sum(len(s.frame) for s in self._unacked)
+
+    @property
+    def arriving(self) -> int:
+        """A counter that moves while a frame is still arriving (zdl.md 5.4: life, not
+        progress): bytes taken into candidate frames not yet complete."""
+        return self._decoder.candidate_bytes
+
+    def abandon_partial(self) -> bool:
+        """The line went quiet inside a frame: give it up and rescan (zdl.md 2.3)."""
+        return self._decoder.abandon_partial()
+
+    @property
     def request_pending(self) -> bool:
         return self._request is not None
 
@@ -308,6 +327,8 @@ class HostEngine:
         """Everything up to ``upto`` is acknowledged."""
         if upto >= self._next_seq:
             raise ZflashError(Code.PROTOCOL, f"device acknowledged frame {upto} never sent")
+        if upto > self._acked:
+            self.progress += 1
         while self._unacked and self._unacked[0].seq <= upto:
             sent = self._unacked.popleft()
             if sent.block_bytes:
@@ -327,6 +348,7 @@ class HostEngine:
             if kind == MsgType.PONG and frame.seq >= self._switch_token:
                 assert self.session is not None and self.session.baud is not None
                 self.state = HostState.READY
+                self.progress += 1
                 self._events.append(BaudSwitched(self.session.baud))
             else:
                 self.stats.ignored += 1
@@ -390,6 +412,7 @@ class HostEngine:
                 assert isinstance(error, Error)
                 if error.block is not None and error.partition is not None:
                     self._release(tag)
+                    self.progress += 1
                     self._events.append(BlockRejected(error.partition, error.block,
                                                       error.host_code, error.host_message))
                     return
@@ -407,7 +430,10 @@ class HostEngine:
             if assembler is None or assembler.what != MsgType(frame.type).name:
                 assembler = request.assembler = chunks.Assembler(
                     MsgType(frame.type).name, False, self._max_data, max_payload(frame.type))
+            before = assembler.received
             whole = assembler.add(payload)
+            if assembler.received > before:
+                self.progress += 1
             if whole is None:
                 if assembler.gap and assembler.is_last(payload):
                     assembler.gap = False
@@ -421,6 +447,7 @@ class HostEngine:
             return
         self._check_answer(request.message, message)
         self._request = None
+        self.progress += 1
         self._events.append(message)
 
     def _check_answer(self, request: Message, answer: Message) -> None:
@@ -451,11 +478,13 @@ class HostEngine:
                 offset = request.read_next
             request.read_hash.update(data)
             request.read_next = offset + len(data)
+            self.progress += 1
             self._events.append(Data(offset, data))
         elif isinstance(message, Done):
             self._end_read(request, message)
         else:
             self._request = None
+            self.progress += 1
             self._events.append(message)
 
     def _end_read(self, request: _Request, done: Done | None) -> None:
@@ -466,6 +495,8 @@ class HostEngine:
         verified = complete and done is not None and \
             request.read_hash.hexdigest() == done.sha256
         self._request = None
+        if done is not None:
+            self.progress += 1
         self._events.append(ReadDone(read.offset, read.length, received,
                                      done.sha256 if done is not None else "", complete, verified))
 

@@ -1,9 +1,11 @@
 """One host-side ZDL session: the sans-IO HostEngine driven over a Transport, with timers.
 
 The engine decides what to send; this class does the I/O and the timing the engine leaves to
-its caller: the retransmission timeout, the give-up rule (zdl.md 5.4: five silent timeouts in
-a row is a lost link), and the serial baud switch with its confirming PING and fallback.
-State lives in the object, so many sessions can run at once, one per device.
+its caller (zdl.md 5.4): a retransmission timeout that starts short and adapts to the measured
+delivery rate, a lost link after ``life_limit`` s without a valid frame (9024), a stuck device
+after ``progress_limit`` s without progress however many keep-alives it sends (9025), and the
+serial baud switch with its confirming PING and fallback. State lives in the object, so many
+sessions can run at once, one per device.
 """
 
 from __future__ import annotations
@@ -18,18 +20,32 @@ from zflash.protocol.zdl import (NEED_DATA, BaudSwitched, BlockRejected, Data, E
                                  HostEngine, Identify, Message, ReadDone, Retransmitted, Session,
                                  SessionStarted)
 from zflash.protocol.zdl import Read as ReadRequest
+from zflash.protocol.zdl.constants import check_baud
 from zflash.transport.base import Transport
 
 READ_SIZE = 1 << 20
 MAX_USB_TRANSFER = 1 << 20  # whole frames per bulk transfer (zdl.md 2.4)
-MAX_SILENT_TIMEOUTS = 5
 HELLO_INTERVAL = 0.5
 PONG_WAIT = 0.3
 PING_TRIES = 3
 DEVICE_FALLBACK = 1.2
-MIN_RTO = 0.3
-MIN_SILENCE = 10.0  # and at least MAX_SILENT_TIMEOUTS timeouts: a busy device may pause
-MIN_REQUEST_TIMEOUT = 3.0
+#: no valid frame from the device for this long: the link is lost (9024). The device sends a
+#: keep-alive at least every 0.5 s while it works or receives (zdl.md 5.2), so silence this
+#: long is no slow device; it keeps the report within 15 s of the last sign of life.
+LIFE_LIMIT = 10.0
+#: frames keep coming but nothing moves forward (no new ACK, answer piece or data) for this
+#: long: the device is stuck, or feeds keep-alives forever (9025). Bounds every request and
+#: the block stream alike, measured from the last progress, never from the last byte.
+PROGRESS_LIMIT = 120.0
+#: the first retransmission timeout, before any delivery was measured: well above the 0.5 s
+#: keep-alive interval, far below the nominal-baud estimate (a window at 115200 is minutes)
+RTO_FLOOR = 1.5
+RTO_CEILING = LIFE_LIMIT / 2  # at least one retransmission before the link is given up
+#: a write to a byte stream goes out in pieces this big; between pieces that took a while,
+#: what the device sent meanwhile (keep-alives) is read, so a long write on a slow line
+#: neither fills the device's output buffer nor hides the device's signs of life
+SEND_PIECE = 64 << 10
+POLL_DURING_SEND = 0.25
 
 Emit = Callable[[dict[str, object]], None]
 
@@ -39,9 +55,18 @@ class SessionOptions:
     max_data: int = 256 << 10
     window: int = 32
     baud: int | None = None
-    #: seconds; None derives it from the link rate (zdl.md 5.4)
+    #: seconds; None adapts it to the measured delivery rate (zdl.md 5.4)
     rto: float | None = None
+    #: seconds the handshake (HELLO until WELCOME) may take: ``--timeout``
     connect_timeout: float = 5.0
+    #: seconds of device silence (no valid frame) that mean a lost link
+    life_limit: float = LIFE_LIMIT
+    #: seconds without progress (frames, but nothing new) that end a request or the stream
+    progress_limit: float = PROGRESS_LIMIT
+
+    def __post_init__(self) -> None:
+        if self.baud is not None:
+            check_baud(self.baud)
 
 
 class ZdlSession:
@@ -55,11 +80,16 @@ class ZdlSession:
         self.emit = emit or (lambda event: None)
         self.session: Session | None = None
         self.rejected: list[BlockRejected] = []
-        self._silent = 0
-        self._silent_since = 0.0
         self._measured_rate: float | None = None
+        #: a serial line is never slower than its nominal rate: the floor the progress
+        #: allowance for one frame is computed from (never the RTO: a pty is far faster)
         self._line_rate: float | None = (transport.baudrate / 10  # type: ignore[attr-defined]
                                          if transport.has_baudrate else None)
+        now = time.monotonic()
+        self._last_life = now      # last valid frame from the device
+        self._last_progress = now  # last time the engine's progress count moved
+        self._last_send = now      # last write (or retransmission)
+        self._seen = (0, 0)        # (frames received + bytes arriving, progress) last seen
 
     # ------------------------------------------------------------------ I/O plumbing
     def _send(self, frames: list[bytes]) -> None:
@@ -68,40 +98,64 @@ class ZdlSession:
         if not frames:
             return
         if self.transport.is_stream:
-            self.transport.write(b"".join(frames))
+            self._write_stream(b"".join(frames))
+        else:
+            batch: list[bytes] = []
+            size = 0
+            for frame in frames:
+                if batch and size + len(frame) > MAX_USB_TRANSFER:
+                    self.transport.write(b"".join(batch))
+                    batch, size = [], 0
+                batch.append(frame)
+                size += len(frame)
+            self.transport.write(b"".join(batch))
+        self._last_send = time.monotonic()
+
+    def _write_stream(self, data: bytes) -> None:
+        view = memoryview(data)
+        polled = time.monotonic()
+        for start in range(0, len(view), SEND_PIECE):
+            self.transport.write(view[start:start + SEND_PIECE])
+            if time.monotonic() - polled >= POLL_DURING_SEND:
+                self._take_waiting()
+                polled = time.monotonic()
+
+    def _take_waiting(self) -> None:
+        """Hand what already arrived to the engine (decoded, and stamped, on the next pump)."""
+        try:
+            data = self.transport.read(READ_SIZE, 0)
+        except ZflashError as exc:
+            if exc.code != Code.TIMEOUT:
+                raise
             return
-        batch: list[bytes] = []
-        size = 0
-        for frame in frames:
-            if batch and size + len(frame) > MAX_USB_TRANSFER:
-                self.transport.write(b"".join(batch))
-                batch, size = [], 0
-            batch.append(frame)
-            size += len(frame)
-        self.transport.write(b"".join(batch))
+        self.engine.receive_data(data)
 
     @property
     def rto(self) -> float:
-        """Retransmission timeout for block writes (zdl.md 5.4).
+        """Retransmission timeout: how long the device may stay silent (zdl.md 5.4).
 
-        Twice the time one window takes at the link's rate: the measured delivery rate once
-        blocks have been acknowledged, else the nominal line rate (serial), else 2 s. A
-        nominal 115200 baud on a fast pty or USB-serial bridge would otherwise make one lost
-        frame cost minutes.
+        Starts at ``RTO_FLOOR``, never at the nominal line rate; once blocks were
+        acknowledged, at least twice the time the bytes in flight take at the measured rate,
+        so nothing is sent again while it is still draining. A device that is working or
+        receiving sends keep-alives, which restart this timer.
         """
         if self.options.rto is not None:
             return self.options.rto
-        rate = self._measured_rate or self._line_rate
-        if rate and self.session:
-            window_bytes = self.session.window * (self.session.max_data + 16)
-            nominal = 2 * window_bytes / self._line_rate if self._line_rate else 2.0
-            return max(MIN_RTO, min(2 * window_bytes / rate, max(nominal, MIN_RTO)))
-        return 2.0
+        rto = RTO_FLOOR
+        if self._measured_rate:
+            rto = max(rto, 2 * self.engine.in_flight_bytes / self._measured_rate)
+        return min(rto, RTO_CEILING)
 
     @property
-    def request_timeout(self) -> float:
-        """Requests may make the device work (hash a partition): wait longer than for ACKs."""
-        return max(self.rto, MIN_REQUEST_TIMEOUT)
+    def progress_limit(self) -> float:
+        """``progress_limit``, or longer when one whole frame takes longer at the slowest rate
+        known (nominal baud, measured delivery): at 9600 baud a 256 KiB frame takes 273 s,
+        and only its complete arrival is progress."""
+        limit = self.options.progress_limit
+        rates = [r for r in (self._line_rate, self._measured_rate) if r]
+        if rates and self.session is not None:
+            limit = max(limit, 3 * (self.session.max_data + 16) / min(rates))
+        return limit
 
     def _note_progress(self, acked_bytes: int, seconds: float) -> None:
         if seconds <= 0 or acked_bytes <= 0:
@@ -110,32 +164,72 @@ class ZdlSession:
         self._measured_rate = rate if self._measured_rate is None else \
             0.7 * self._measured_rate + 0.3 * rate
 
-    def _pump(self, timeout: float) -> Iterator[object]:
-        """Wait up to ``timeout`` for input; yield every event it produced."""
+    def _exchange(self, timeout: float) -> Iterator[object]:
+        """Read once (up to ``timeout``), yield every event it produced; stamps life and
+        progress. A TIMEOUT from the transport just yields nothing."""
         try:
-            data = self.transport.read(READ_SIZE, timeout)
+            data = self.transport.read(READ_SIZE, max(0.001, timeout))
         except ZflashError as exc:
             if exc.code != Code.TIMEOUT:
                 raise
-            self._silent += 1
-            now = time.monotonic()
-            if self._silent == 1:
-                self._silent_since = now - timeout
-            if self._silent >= MAX_SILENT_TIMEOUTS and now - self._silent_since >= MIN_SILENCE:
-                raise ZflashError(Code.LINK_LOST, f"no answer from the device for "
-                                  f"{now - self._silent_since:.1f} s ({self._silent} "
-                                  "retransmission timeouts)") from None
-            self._send(self.engine.timeout())
             return
-        self._silent = 0
         self.engine.receive_data(data)
+        yield from self._drain_events()
+        self._send(self.engine.data_to_send())
+
+    def _stamp(self) -> None:
+        """Life: a valid frame, or a frame still arriving (a 256 KiB DATA frame takes 22 s at
+        115200). Progress: the engine's count moved. Garbage that forms no frame is neither;
+        garbage with plausible headers is life at most, so the progress clock still ends it."""
+        seen = (self.engine.stats.frames_received + self.engine.arriving, self.engine.progress)
+        if seen == self._seen:
+            return
+        now = time.monotonic()
+        if seen[0] != self._seen[0]:
+            self._last_life = now
+        if seen[1] != self._seen[1]:
+            self._last_progress = now
+        self._seen = seen
+
+    def _start_clock(self) -> None:
+        """A new request (or block stream): its progress deadline starts now."""
+        self._stamp()
+        self._last_progress = time.monotonic()
+
+    def _pump(self) -> Iterator[object]:
+        """Wait for input until the next deadline; yield its events, repair or give up.
+
+        Three clocks (zdl.md 5.4): the RTO since the device's last frame (and our last
+        write) re-sends; ``life_limit`` of silence is a lost link (9024); ``progress_limit``
+        without progress is a stuck device (9025), however many keep-alives it sends.
+        """
+        now = time.monotonic()
+        retransmit_at = max(self._last_life, self._last_send) + self.rto
+        dead_at = self._last_life + self.options.life_limit
+        stuck_at = self._last_progress + self.progress_limit
+        yield from self._exchange(min(retransmit_at, dead_at, stuck_at) - now)
+        now = time.monotonic()
+        if now >= self._last_life + self.options.life_limit:
+            raise ZflashError(Code.LINK_LOST, "no sign of life from the device for "
+                              f"{now - self._last_life:.1f} s")
+        if now >= self._last_progress + self.progress_limit:
+            raise ZflashError(Code.TIMEOUT, "the device answers but made no progress for "
+                              f"{now - self._last_progress:.1f} s")
+        if now >= max(self._last_life, self._last_send) + self.rto:
+            self.engine.abandon_partial()
+            yield from self._drain_events()
+            self._send(self.engine.timeout())
+
+    def _drain_events(self) -> Iterator[object]:
+        """Events the decoder finds without new input (after ``abandon_partial``)."""
         while (event := self.engine.next_event()) is not NEED_DATA:
+            self._stamp()
             if isinstance(event, Retransmitted):
                 self.emit({"event": "retry", "frames": event.frames, "reason": event.reason})
             elif isinstance(event, BlockRejected):
                 self.rejected.append(event)
             yield event
-        self._send(self.engine.data_to_send())
+        self._stamp()
 
     # ------------------------------------------------------------------ handshake
     def connect(self) -> Session:
@@ -151,14 +245,18 @@ class ZdlSession:
             if now > next_hello:
                 self._send(self.engine.hello(baud=self.options.baud))
                 next_hello = now + HELLO_INTERVAL
-            self._silent = 0
-            for event in self._pump(min(HELLO_INTERVAL, max(0.01, deadline - now))):
+            for event in self._exchange(min(HELLO_INTERVAL, max(0.01, deadline - now))):
                 if isinstance(event, SessionStarted):
                     self.session = event.session
                 elif isinstance(event, Error):
                     raise event.to_exception()
         if self.session.baud:
             self._switch_baud(self.session.baud)
+        elif self.options.baud is not None and self.transport.has_baudrate:
+            self.emit({"event": "baud", "baud": self.options.baud, "switched": False,
+                       "kept": getattr(self.transport, "baudrate", None)})
+        self._last_life = time.monotonic()
+        self._start_clock()
         return self.session
 
     def _switch_baud(self, baud: int) -> None:
@@ -170,8 +268,7 @@ class ZdlSession:
             last_ping = time.monotonic()
             end = last_ping + PONG_WAIT
             while time.monotonic() < end:
-                self._silent = 0
-                for event in self._pump(max(0.01, end - time.monotonic())):
+                for event in self._exchange(max(0.01, end - time.monotonic())):
                     if isinstance(event, BaudSwitched):
                         self._line_rate = baud / 10
                         self.emit({"event": "baud", "baud": baud, "switched": True})
@@ -193,12 +290,13 @@ class ZdlSession:
 
     def start_request(self, message: Message) -> None:
         """Send a request without waiting, so the host can work while the device does."""
+        self._start_clock()
         self._send(self.engine.send(message))
 
     def finish_request(self, expect: type | tuple[type, ...]) -> object:
         """Wait for the answer to the request in flight."""
         while True:
-            for event in self._pump(self.request_timeout):
+            for event in self._pump():
                 if isinstance(event, Error):
                     raise event.to_exception()
                 if isinstance(event, expect):
@@ -214,6 +312,7 @@ class ZdlSession:
         pending = iter(blocks)
         exhausted = False
         acked = self.engine.bytes_acked
+        self._start_clock()
         last_progress = time.monotonic()
         while True:
             frames: list[bytes] = []  # a window's worth goes out in as few writes as possible
@@ -226,7 +325,7 @@ class ZdlSession:
             self._send(frames)
             if exhausted and self.engine.in_flight == 0:
                 break
-            for _ in self._pump(self.rto):
+            for _ in self._pump():
                 pass
             if self.rejected:
                 bad = self.rejected[0]
@@ -244,10 +343,11 @@ class ZdlSession:
         """READ a range, asking again for the rest after an incomplete stream."""
         position, end = offset, offset + length
         while position < end:
+            self._start_clock()
             self._send(self.engine.send(ReadRequest(partition, slot, position, end - position)))
             done: ReadDone | None = None
             while done is None:
-                for event in self._pump(self.request_timeout):
+                for event in self._pump():
                     if isinstance(event, Error):
                         raise event.to_exception()
                     if isinstance(event, Data):
