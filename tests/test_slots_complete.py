@@ -153,3 +153,96 @@ def test_slot_build_facts_are_validated(tmp_path, field, value):
 def test_images_differ_between_builds():
     """The copy test proves something only if the builds differ."""
     assert image_sha256("1.1.0", "vendor") != image_sha256("1.2.0", "vendor")
+
+
+# --- fastboot and EDL: the host cannot copy, so a partial package is refused --------------
+
+def fastboot_device(tmp_path: Path):
+    from zflash.emulator.fastboot_server import FastbootOptions
+    from zflash.emulator.runner import EmulatorRunner
+    from emulator_helpers import demo_profile
+    runner = EmulatorRunner(tmp_path / "fb", demo_profile())
+    return runner, runner.start_fastboot_tcp(0, FastbootOptions(max_download_size=64 << 10))
+
+
+def trust():
+    from conftest import SIGNING_PUB
+    return keymod.TrustStore.load([SIGNING_PUB], use_default_dir=False)
+
+
+def test_fastboot_refuses_a_partial_package_naming_what_it_lacks(tmp_path):
+    from zflash.flash import FlashOptions, PreflightRefused, flash
+    package = partial_package(tmp_path / "partial.zpk")
+    runner, url = fastboot_device(tmp_path)
+    try:
+        before = snapshot(runner.storage.root)
+        events: list[dict] = []
+        with pytest.raises(PreflightRefused) as refused:
+            flash(url, package, trust(), FlashOptions(), events.append)
+        assert refused.value.code == Code.PARTIAL_PACKAGE
+        assert "vendor" in refused.value.detail and "--allow-partial" in refused.value.detail
+        assert "boot" not in refused.value.detail.split("carry")[1].split(":")[0]
+        assert snapshot(runner.storage.root) == before
+        events.clear()
+        summary = flash(url, package, trust(), FlashOptions(allow_partial=True, reboot=False),
+                        events.append)
+        assert summary.slot == "b"
+        overridden = [e for e in events if e["event"] == "check_overridden"]
+        assert [(e["option"], e["code"]) for e in overridden] == [("--allow-partial", 9039)]
+        # a full package needs no flag
+        flash(url, GOOD, trust(), FlashOptions(reboot=False), lambda e: None)
+    finally:
+        runner.stop()
+
+
+def test_fastboot_without_getvar_all_cannot_tell_and_says_so(tmp_path, monkeypatch):
+    from zflash.flash import FlashOptions, PreflightRefused, flash
+    from zflash.targets.fastboot.client import FastbootClient
+
+    def refuse(self):
+        raise ZflashError(Code.DEVICE_REFUSED, "unknown variable all")
+    monkeypatch.setattr(FastbootClient, "getvar_all", refuse)
+    runner, url = fastboot_device(tmp_path)
+    try:
+        with pytest.raises(PreflightRefused) as refused:
+            flash(url, GOOD, trust(), FlashOptions(), lambda e: None)
+        assert refused.value.code == Code.UNVERIFIABLE
+        assert "getvar all" in refused.value.detail
+        flash(url, GOOD, trust(), FlashOptions(allow_partial=True, reboot=False),
+              lambda e: None)
+    finally:
+        runner.stop()
+
+
+def edl_partial_package(out: Path) -> Path:
+    edl = SAMPLES / "edl" / "zx-demo-edl-1.1.0.zpk"
+    with Package(edl) as pkg:
+        spec = pkg.manifest.edl
+    info = PackageInfo(product="zx-demo", hardware_revisions=("A01",),
+                       baseband_ids=("ZXB-100",), version="1.1.0", rollback_index=3,
+                       rollback_location=0, build_time=1_700_000_500, edl=spec)
+    images = SAMPLES / "images" / "edl-1.1.0"
+    sources = [PartitionSource(n, images / f"{n}.img", True) for n in ("boot", "vbmeta")]
+    build_package(info, sources, [keymod.load_private_key(SIGNING_KEY)], out)
+    return out
+
+
+def test_edl_refuses_a_partial_package(tmp_path, monkeypatch):
+    import test_edl_e2e as edl_tests
+    from zflash.emulator.edl_runner import EdlDevice
+    from zflash.emulator.usb_backend import EmulatedUsbBackend
+    from zflash.flash import FlashOptions, PreflightRefused, flash
+    package = edl_partial_package(tmp_path / "edl-partial.zpk")
+    device = EdlDevice(tmp_path / "edl")
+    bus = EmulatedUsbBackend([edl_tests.usb_device(device)])
+    monkeypatch.setattr(edl_tests, "_BUS", bus)
+    monkeypatch.setenv("ZFLASH_USB_BACKEND", "test_edl_e2e:backend")
+    try:
+        before = edl_tests.lun_bytes(device)
+        with pytest.raises(PreflightRefused) as refused:
+            flash(edl_tests.USB_URL, package, trust(), FlashOptions(), lambda e: None)
+        assert refused.value.code == Code.PARTIAL_PACKAGE
+        assert "system, vendor" in refused.value.detail
+        assert edl_tests.lun_bytes(device) == before
+    finally:
+        bus.shutdown()

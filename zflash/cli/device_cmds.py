@@ -258,6 +258,10 @@ def info(url: str, baud: int | None, max_data: int, window: int, timeout: float,
 @click.option("--accept-unverifiable", is_flag=True,
               help="Flash although a check cannot be made because the device does not "
                    "report the fact (each such check is listed, 9045).")
+@click.option("--allow-partial", is_flag=True,
+              help="fastboot/EDL: flash a package that lacks some slotted partition; the new "
+                   "slot keeps those from its older build (9039 without it). A ZDL device "
+                   "copies them from the running slot itself.")
 @click.option("--programmer", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="EDL: the Firehose programmer to load (default: the package's).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line on stdout.")
@@ -267,7 +271,8 @@ def flash(package: Path | None, urls: tuple[str, ...], trust_files: tuple[Path, 
           pin_only: bool, ca_file: Path | None, cache_dir: Path | None,
           state_file: Path | None, no_reboot: bool, skip_host_checks: bool,
           wipe_userdata: bool, no_delta: bool, force_boot_failure: bool,
-          accept_unverifiable: bool, programmer: Path | None, as_json: bool) -> None:
+          accept_unverifiable: bool, allow_partial: bool, programmer: Path | None,
+          as_json: bool) -> None:
     """Flash a signed package (or, with --latest, the newest one from a catalog) into the
     device's inactive slot, verify, switch, reboot."""
     if len(urls) > 1:  # never flash one and drop the others silently
@@ -288,7 +293,8 @@ def flash(package: Path | None, urls: tuple[str, ...], trust_files: tuple[Path, 
     options = FlashOptions(skip_host_checks=skip_host_checks, reboot=not no_reboot,
                            wipe_userdata=wipe_userdata, delta=not no_delta,
                            force_boot_failure=force_boot_failure,
-                           accept_unverifiable=accept_unverifiable, link=link)
+                           accept_unverifiable=accept_unverifiable,
+                           allow_partial=allow_partial, link=link)
     renderer = EventRenderer(as_json)
     try:
         summary = flash_package(url, package, trust, options, renderer)

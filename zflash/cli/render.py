@@ -85,6 +85,9 @@ class EventRenderer:
     def _on_check_unverified(self, e: dict[str, Any]) -> None:
         self._note(f"not verified, accepted (--accept-unverifiable): {e['message']}")
 
+    def _on_check_overridden(self, e: dict[str, Any]) -> None:
+        self._note(f"refusal waived ({e['option']}): {e['message']}")
+
     def _on_check_passed(self, e: dict[str, Any]) -> None:
         self._note(f"check passed: {e['check']}")
 

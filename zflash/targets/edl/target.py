@@ -17,7 +17,7 @@ import hashlib
 from pathlib import Path
 from typing import Callable, Container, Iterator, Sequence
 
-from zflash.checks import Failure
+from zflash.checks import Failure, check_complete_slot
 from zflash.disk import avb
 from zflash.disk.gpt import UFS_BOOT_LUN_PARTITIONS, encode, read_gpt, slot_pairs, switch_slot
 from zflash.errors import Code, ZflashError
@@ -205,11 +205,14 @@ class EdlTarget(Target):
     def constraints(self, manifest: Manifest, identity: Identity) -> list[Failure]:
         """The hardware match (9040): the fused MSM HW id and OEM key hash must be ones the
         manifest's ``edl`` object allows."""
+        # The new slot must be complete. Firehose could copy the missing partitions from
+        # the running slot (read + program), but that is not built yet: refused (9039)
+        # unless --allow-partial (DECISIONS.md D131). The GPT lists every partition.
+        failures = check_complete_slot(manifest, identity.facts)
         edl = manifest.edl
         if edl is None or self.ids.hw_id is None or self.ids.oem_key_hash is None:
-            return []
+            return failures
         hw_ok, key_ok = edl.allows(self.ids.hw_id, self.ids.oem_key_hash)
-        failures = []
         if not hw_ok:
             failures.append(Failure(Code.COMPATIBILITY, "hardware_revision", (
                 f"device MSM HW id {self.ids.hw_id} is not among {list(edl.hw_ids)}")))

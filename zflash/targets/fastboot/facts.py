@@ -181,6 +181,11 @@ class FastbootFacts:
                               unreported)
 
 
+def listed_partitions(listing: dict[str, str], slots: list[str]) -> list[PartitionInfo]:
+    """The partitions a ``getvar all`` listing names (the slotted ones once)."""
+    return _partitions_from_listing(listing, slots)
+
+
 def _partitions_from_listing(listing: dict[str, str], slots: list[str]) -> list[PartitionInfo]:
     """Partitions from ``partition-size:NAME`` lines; ``NAME_a`` + ``has-slot:NAME`` = A/B."""
     sizes: dict[str, int] = {}
