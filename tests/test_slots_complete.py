@@ -246,3 +246,44 @@ def test_edl_refuses_a_partial_package(tmp_path, monkeypatch):
         assert edl_tests.lun_bytes(device) == before
     finally:
         bus.shutdown()
+
+
+# --- ZDL end to end: the CLI, a real link ------------------------------------------------
+
+def test_zdl_partial_flash_completes_the_slot_and_info_shows_each_slots_build(tmp_path):
+    from test_flash_e2e import TRUST, zflash
+    from zflash.emulator.runner import EmulatorRunner
+    from emulator_helpers import demo_profile
+    runner = EmulatorRunner(tmp_path / "dev", demo_profile())
+    url = runner.start_tcp(0)
+    root = runner.storage.root
+    try:
+        assert zflash("flash", str(GOOD), "-d", url, *TRUST).returncode == 0  # 1.1.0 in b
+        result = zflash("flash", str(partial_package(tmp_path / "p.zpk")), "-d", url, *TRUST)
+        assert result.returncode == 0, result.stderr
+        assert file_sha(root / "partitions" / "vendor_a.img") == \
+            file_sha(root / "partitions" / "vendor_b.img")
+        text = zflash("info", "-d", url)
+        assert text.returncode == 0, text.stderr
+        with Package(GOOD) as good:
+            digest = good.head.digest
+        lines = {line.split(":")[0].strip(): line for line in text.stdout.splitlines()}
+        assert "build 1.2.0, package " in lines["a"]
+        assert f"build 1.1.0, package {digest[:16]}..." in lines["b"]
+        facts = json.loads(zflash("info", "-d", url, "--json").stdout)
+        assert [(s["name"], s["version"]) for s in facts["slots"]] == [("a", "1.2.0"),
+                                                                         ("b", "1.1.0")]
+    finally:
+        runner.stop()
+
+
+def test_info_over_fastboot_says_slot_builds_are_not_reported(tmp_path):
+    from test_flash_e2e import zflash
+    runner, url = fastboot_device(tmp_path)
+    try:
+        text = zflash("info", "-d", url)
+        assert text.returncode == 0, text.stderr
+        slot_lines = [line for line in text.stdout.splitlines() if line.startswith("  a:")]
+        assert slot_lines and "build not reported (fastboot" in slot_lines[0]
+    finally:
+        runner.stop()

@@ -9,7 +9,7 @@ import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import click
 
@@ -18,6 +18,7 @@ from zflash.cli.common import emit_json, load_trust, refuse_existing, trust_opti
 from zflash.cli.fetch_cmds import fetch_config, tls_options
 from zflash.cli.render import DownloadRenderer, EventRenderer
 from zflash.errors import Code, ZflashError
+from zflash.facts import SlotInfo
 from zflash.flash import FlashOptions, backup as backup_partition, flash as flash_package
 from zflash.targets.base import Identity, LinkOptions
 from zflash.targets.registry import open_target
@@ -206,12 +207,22 @@ def facts_lines(identity: Identity, protocol: str) -> list[str]:
                                  ("successful", s.successful)) if on]
         priority = "not reported" if "slot_priority" in unreported else s.priority
         lines.append(f"  {s.name}: priority {priority}, tries left {s.tries_left}, "
-                     f"{', '.join(flags) or 'unbootable'}")
+                     f"{', '.join(flags) or 'unbootable'}; {slot_build(s, unreported)}")
     lines.append("partitions:" + (f" not reported ({unreported['partitions']})"
                                   if "partitions" in unreported else ""))
     for p in facts.partitions:
         lines.append(f"  {p.name:<12} {p.size:>12} bytes  {'A/B' if p.slotted else ''}")
     return lines
+
+
+def slot_build(slot: SlotInfo, unreported: Mapping[str, str]) -> str:
+    """Which build a slot holds, as the device recorded it at set-active."""
+    if "slot_builds" in unreported:
+        return f"build not reported ({unreported['slot_builds']})"
+    if slot.version is None:
+        return "build unknown (no package completed in this slot)"
+    package = f", package {slot.package[:16]}..." if slot.package else ""
+    return f"build {slot.version}{package}"
 
 
 def identity_json(identity: Identity, protocol: str, capabilities: Any) -> dict[str, Any]:

@@ -174,6 +174,8 @@ class EdlTarget(Target):
                     raise
         if location not in rollback:
             unreported[f"rollback_index:{location}"] = "the running slot's vbmeta"
+        if slots:
+            unreported["slot_builds"] = "EDL (the GPT records no build per slot)"
         facts = DeviceFacts(
             product=product, hardware_revision=hw_rev, baseband=baseband,
             serial=self.ids.serial or "", protocol_version=self.ids.version or 0,

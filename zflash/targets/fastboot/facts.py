@@ -140,6 +140,7 @@ class FastbootFacts:
                 rollback[location] = stored
         if self.slots:
             unreported["slot_priority"] = "fastboot (no variable carries it)"
+            unreported["slot_builds"] = "fastboot (no variable carries a slot's build)"
         if self.inactive_slot is None:
             unreported["slots"] = (f"slot-count {self.get('slot-count')!r}, current-slot "
                                    f"{self.get('current-slot')!r}")
