@@ -266,9 +266,13 @@ def _write_partition(target: Target, blocks: PartitionBlocks, index: int,
         summary.kept_blocks += sum(1 for b in kept if b not in have)
         have.update(kept)
     skipped = bytes_of(part, have)
+    # not the same claim: data blocks the device already holds (resumed, kept after its
+    # hash matched) versus zero blocks it writes itself where its flash is not zero
+    zero = bytes_of(part, (b for b in have if kinds[b] == KIND_ZERO))
     summary.skipped_bytes += skipped
     emit({"event": "partition_started", "partition": part.name, "size": part.size,
-          "skipped_bytes": skipped, "slot": slot if part.slotted else None,
+          "skipped_bytes": skipped, "kept_bytes": skipped - zero, "zero_bytes": zero,
+          "slot": slot if part.slotted else None,
           "target": f"{part.name}_{slot}" if part.slotted and slot else part.name})
 
     def progress(image_bytes: int, wire_bytes: int) -> None:
