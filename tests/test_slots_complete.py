@@ -227,23 +227,39 @@ def edl_partial_package(out: Path) -> Path:
     return out
 
 
-def test_edl_refuses_a_partial_package(tmp_path, monkeypatch):
+def test_edl_host_copies_what_a_partial_package_lacks(tmp_path, monkeypatch):
+    """EDL: the host completes the slot itself (Firehose read + program), then switches."""
     import test_edl_e2e as edl_tests
     from zflash.emulator.edl_runner import EdlDevice
     from zflash.emulator.usb_backend import EmulatedUsbBackend
-    from zflash.flash import FlashOptions, PreflightRefused, flash
+    from zflash.flash import FlashOptions, flash
     package = edl_partial_package(tmp_path / "edl-partial.zpk")
     device = EdlDevice(tmp_path / "edl")
-    bus = EmulatedUsbBackend([edl_tests.usb_device(device)])
+    usb = edl_tests.usb_device(device)
+    bus = EmulatedUsbBackend([usb])
     monkeypatch.setattr(edl_tests, "_BUS", bus)
     monkeypatch.setenv("ZFLASH_USB_BACKEND", "test_edl_e2e:backend")
+    whole = 1 << 30
     try:
-        before = edl_tests.lun_bytes(device)
-        with pytest.raises(PreflightRefused) as refused:
-            flash(edl_tests.USB_URL, package, trust(), FlashOptions(), lambda e: None)
-        assert refused.value.code == Code.PARTIAL_PACKAGE
-        assert "system, vendor" in refused.value.detail
-        assert edl_tests.lun_bytes(device) == before
+        flash(edl_tests.USB_URL, edl_tests.GOOD, trust(), FlashOptions(), lambda e: None)
+        assert device.wait_sessions(1)  # running b: the full 1.1.0 build
+        usb.plug()  # back into EDL
+        running = {n: edl_tests.partition_sha(device, f"{n}_b", whole)
+                   for n in ("system", "vendor")}
+        assert {n: edl_tests.partition_sha(device, f"{n}_a", whole)
+                for n in ("system", "vendor")} != running
+        events: list[dict] = []
+        summary = flash(edl_tests.USB_URL, package, trust(), FlashOptions(), events.append)
+        assert summary.slot == "a"
+        copied = [e for e in events if e["event"] == "partition_copied"]
+        assert [(e["partition"], e["from_slot"], e["to_slot"]) for e in copied] == [
+            ("system", "b", "a"), ("vendor", "b", "a")]
+        kinds = [e["event"] for e in events]
+        assert kinds.index("partition_copied") < kinds.index("slot_switched")
+        assert {n: edl_tests.partition_sha(device, f"{n}_a", whole)
+                for n in ("system", "vendor")} == running
+        assert device.wait_sessions(2)
+        assert device.boots[-1] == {"booted_slot": "a", "fell_back": False}
     finally:
         bus.shutdown()
 

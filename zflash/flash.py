@@ -54,8 +54,8 @@ class FlashOptions:
     delta: bool = True
     force_boot_failure: bool = False  # test devices only: the new slot fails to boot
     accept_unverifiable: bool = False  # flash although a check cannot be made
-    #: fastboot/EDL: flash a package that lacks some slotted partition (the new slot keeps
-    #: them from an older build); a ZDL device completes the slot itself
+    #: fastboot: flash a package that lacks some slotted partition (the new slot keeps
+    #: them from an older build); ZDL devices and EDL complete the slot instead
     allow_partial: bool = False
     link: LinkOptions = field(default_factory=LinkOptions)
 

@@ -270,9 +270,9 @@ def info(url: str, baud: int | None, max_data: int, window: int, timeout: float,
               help="Flash although a check cannot be made because the device does not "
                    "report the fact (each such check is listed, 9045).")
 @click.option("--allow-partial", is_flag=True,
-              help="fastboot/EDL: flash a package that lacks some slotted partition; the new "
-                   "slot keeps those from its older build (9039 without it). A ZDL device "
-                   "copies them from the running slot itself.")
+              help="fastboot: flash a package that lacks some slotted partition; the new "
+                   "slot keeps those from its older build (9039 without it). ZDL devices and "
+                   "EDL copy them from the running slot instead.")
 @click.option("--programmer", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="EDL: the Firehose programmer to load (default: the package's).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line on stdout.")

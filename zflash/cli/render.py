@@ -149,6 +149,10 @@ class EventRenderer:
     def _on_retry(self, e: dict[str, Any]) -> None:
         self._note(f"link: {e['frames']} frames sent again ({e['reason']})")
 
+    def _on_partition_copied(self, e: dict[str, Any]) -> None:
+        self._note(f"{e['partition']}_{e['to_slot']}: not in the package; copied from slot "
+                   f"{e['from_slot']} ({e['bytes']} bytes) so the new slot is complete")
+
     def _on_slot_switched(self, e: dict[str, Any]) -> None:
         self._note(f"active slot switched to {e['slot']}")
 

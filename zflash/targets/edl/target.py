@@ -17,7 +17,7 @@ import hashlib
 from pathlib import Path
 from typing import Callable, Container, Iterator, Sequence
 
-from zflash.checks import Failure, check_complete_slot
+from zflash.checks import Failure
 from zflash.disk import avb
 from zflash.disk.gpt import UFS_BOOT_LUN_PARTITIONS, encode, read_gpt, slot_pairs, switch_slot
 from zflash.errors import Code, ZflashError
@@ -35,6 +35,7 @@ from zflash.transport.base import Transport
 
 MEMORIES = ("ufs", "emmc")  # tried in this order; a programmer NAKs the one it does not drive
 MAX_LUNS = 8
+COPY_BYTES = 1 << 20  # one <read> / <program> pair when completing a slot
 
 
 class EdlTarget(Target):
@@ -207,14 +208,11 @@ class EdlTarget(Target):
     def constraints(self, manifest: Manifest, identity: Identity) -> list[Failure]:
         """The hardware match (9040): the fused MSM HW id and OEM key hash must be ones the
         manifest's ``edl`` object allows."""
-        # The new slot must be complete. Firehose could copy the missing partitions from
-        # the running slot (read + program), but that is not built yet: refused (9039)
-        # unless --allow-partial (DECISIONS.md D131). The GPT lists every partition.
-        failures = check_complete_slot(manifest, identity.facts)
         edl = manifest.edl
         if edl is None or self.ids.hw_id is None or self.ids.oem_key_hash is None:
-            return failures
+            return []
         hw_ok, key_ok = edl.allows(self.ids.hw_id, self.ids.oem_key_hash)
+        failures = []
         if not hw_ok:
             failures.append(Failure(Code.COMPATIBILITY, "hardware_revision", (
                 f"device MSM HW id {self.ids.hw_id} is not among {list(edl.hw_ids)}")))
@@ -340,9 +338,45 @@ class EdlTarget(Target):
                                                       f"{expected.hex()[:16]}...")
         return Verification("device", part.sha256)
 
+    def _complete_slot(self, slot: str) -> None:
+        """Copy every slotted partition the package does not carry from the running slot
+        into ``slot`` (update_engine's rule for partial updates), by Firehose ``<read>`` and
+        ``<program>`` of COPY_BYTES at a time, then compare both by digest: the new slot
+        never mixes this build with an older one (DECISIONS.md D131)."""
+        assert self.layout is not None and self._package is not None
+        _, running = self.layout.slots()
+        if running is None or running == slot:
+            return
+        fh = self.firehose
+        assert fh is not None
+        carried = {p.name for p in self._package.manifest.partitions if p.slotted}
+        size = self.layout.sector_size
+        step = max(1, COPY_BYTES // size)
+        for info in self.layout.partitions():
+            if not info.slotted or info.name in carried:
+                continue
+            source = self.layout.target(info.name, running)
+            dest = self.layout.target(info.name, slot)
+            if source is None or dest is None:
+                continue
+            count = min(source.sectors, dest.sectors)
+            for lba in range(0, count, step):
+                n = min(step, count - lba)
+                data = self._read(source.lun, source.first_lba + lba, n)
+                fh.run(fh.engine.program(dest.lun, dest.first_lba + lba, n, size),
+                       data=_split(data, fh.engine.payload_to_target)).check()
+            if self._digest(source.lun, source.first_lba, count) != \
+                    self._digest(dest.lun, dest.first_lba, count):
+                raise ZflashError(Code.READBACK_MISMATCH, f"{info.name}_{slot} did not read "
+                                                          f"back as copied from {running}")
+            self.emit({"event": "partition_copied", "partition": info.name,
+                       "from_slot": running, "to_slot": slot, "bytes": count * size})
+
     def set_active(self, slot: str) -> None:
         """bootctrl's switch in every LUN with A/B pairs: both GPT copies rewritten with
         fresh CRCs, then read back by digest; then the boot LUN where the layout has one."""
+        if self._package is not None:
+            self._complete_slot(slot)
         fh = self.firehose
         assert fh is not None and self.layout is not None
         skip = UFS_BOOT_LUN_PARTITIONS if self.memory == "ufs" else ()
