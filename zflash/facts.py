@@ -65,6 +65,10 @@ class DeviceFacts:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        for slot in data["slots"]:  # absent, not null, when unknown: older peers' form
+            for key in ("version", "package"):
+                if slot[key] is None:
+                    del slot[key]
         data["rollback_indexes"] = {str(k): v for k, v in self.rollback_indexes.items()}
         return data
 
