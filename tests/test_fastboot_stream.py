@@ -40,6 +40,7 @@ def sparse_image(path: Path, size: int) -> Path:
 
 @pytest.fixture
 def package(tmp_path: Path) -> Path:
+    """boot and system only: a partial package (allowed with allow_partial on fastboot)."""
     boot = sparse_image(tmp_path / "boot.img", 200 << 10)  # not a multiple of 4096
     system = sparse_image(tmp_path / "system.img", 1 << 20)
     out = tmp_path / "zero-heavy.zpk"
@@ -79,7 +80,7 @@ def test_slot_equals_the_image_whatever_it_held(tmp_path: Path, package: Path,
                 raise ZflashError(Code.DEVICE_REFUSED, "erase not allowed")
             monkeypatch.setattr(runner.device, "erase_image", refuse)
         events: list[dict] = []
-        flash(url, package, trust(), FlashOptions(reboot=False), events.append)
+        flash(url, package, trust(), FlashOptions(reboot=False, allow_partial=True), events.append)
         assert slot_equals_image(runner, "boot", tmp_path / "boot.img")
         assert slot_equals_image(runner, "system", tmp_path / "system.img")
     warned = [e for e in events if e["event"] == "device_message" and "FILL" in
@@ -91,7 +92,7 @@ def test_zero_blocks_are_not_sent(tmp_path: Path, package: Path) -> None:
     """DONT_CARE for zeros: what goes on the wire is the data blocks plus headers."""
     with EmulatorRunner(tmp_path / "dev", demo_profile()) as runner:
         url = runner.start_fastboot_tcp(0, FastbootOptions(max_download_size=64 << 10))
-        summary = flash(url, package, trust(), FlashOptions(reboot=False), lambda e: None)
+        summary = flash(url, package, trust(), FlashOptions(reboot=False, allow_partial=True), lambda e: None)
     data = 2 * 5 * BLOCK  # per image: blocks 0-2, 6 and 7 carry data (7 only 100 bytes)
     assert data <= summary.sent_bytes < data + 1024  # + sparse headers, no zeros
 
@@ -108,7 +109,7 @@ def test_each_block_is_hashed_once_on_the_host(tmp_path: Path, package: Path,
     monkeypatch.setattr(blocks_module, "decode_block", counting)
     with EmulatorRunner(tmp_path / "dev", demo_profile()) as runner:
         url = runner.start_fastboot_tcp(0, FastbootOptions(max_download_size=64 << 10))
-        flash(url, package, trust(), FlashOptions(reboot=False), lambda e: None)
+        flash(url, package, trust(), FlashOptions(reboot=False, allow_partial=True), lambda e: None)
     assert len(hashed) == len(set(hashed)), "a block was hashed twice"
     with Package(package) as pkg:
         data_blocks = {(p.name, i) for p in pkg.manifest.partitions

@@ -78,6 +78,7 @@ def test_fastboot_identity_lists_what_it_cannot_report(device) -> None:
     # the zflash emulator reports the vendor rollback variable for location 0 only
     assert identity.facts.rollback_indexes[0] == 2
     assert identity.unreported.pop("slot_priority").startswith("fastboot")
+    assert identity.unreported.pop("slot_builds").startswith("fastboot")
     assert all(v.startswith("getvar ") for v in identity.unreported.values())
 
 

@@ -158,6 +158,29 @@ def check_device(manifest: Manifest, facts: DeviceFacts, unreported: Unreported 
             + check_storage(manifest, facts, unreported, staging_cache))
 
 
+def check_complete_slot(manifest: Manifest, facts: DeviceFacts,
+                        unreported: Unreported | None = None) -> list[Failure]:
+    """For a download mode that cannot copy partitions from the running slot (fastboot,
+    EDL): the slotted partitions the device has and the package does not carry. Flashed
+    as is, the new slot would hold them from whatever build was there before (9039); a
+    device that lists no partitions makes the check unverifiable (9045)."""
+    carried = {p.name for p in manifest.partitions if p.slotted}
+    if not carried:
+        return []
+    if unreported and "partitions" in unreported:
+        return [Unverifiable(Code.UNVERIFIABLE, "partial", (
+            "cannot tell whether the package carries every slotted partition: the device "
+            f"does not list its partitions ({unreported['partitions']})"),
+            variable=unreported["partitions"].split()[-1])]
+    missing = sorted(p.name for p in facts.partitions if p.slotted and p.name not in carried)
+    if not missing:
+        return []
+    return [Failure(Code.PARTIAL_PACKAGE, "partial", (
+        f"the package does not carry {', '.join(missing)}: the new slot would keep "
+        f"{'it' if len(missing) == 1 else 'them'} from an older build (this download mode "
+        "cannot copy them from the running slot); pass --allow-partial to flash anyway"))]
+
+
 def check_all(head: PackageHead, facts: DeviceFacts, trust: TrustStore,
               unreported: Unreported | None = None,
               staging_cache: bool = True) -> list[Failure]:

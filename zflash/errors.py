@@ -51,6 +51,7 @@ class Code(IntEnum):
     PORT_BUSY = 9035
     NOT_SUPPORTED = 9036
     SERIAL_SERVER = 9037
+    PARTIAL_PACKAGE = 9039
     COMPATIBILITY = 9040
     IMAGE_TOO_LARGE = 9041
     FLAT_BUILD = 9043
@@ -152,6 +153,10 @@ _ROWS: tuple[tuple[Code, str, str], ...] = (
      "negotiation",
      "Check the server's host, port and that it runs; ser2net serves RFC 2217 with "
      "`accepter: telnet(rfc2217),tcp,PORT`; for a raw TCP port use socket://HOST:PORT."),
+    (Code.PARTIAL_PACKAGE, "The package does not carry every slotted partition, and this "
+     "download mode cannot complete the new slot itself",
+     "Flash the full build for this device; or, if mixing the other partitions' older "
+     "build into the new slot is intended, pass --allow-partial."),
     (Code.COMPATIBILITY, "Baseband mismatch",
      "Firmware is for wrong hardware revision."),
     (Code.IMAGE_TOO_LARGE, "An image is too large for its partition",

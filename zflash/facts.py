@@ -8,7 +8,7 @@ input (it arrives from a device over the wire) and raises only coded errors.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from zflash.errors import Code, ZflashError
 
@@ -30,6 +30,10 @@ class SlotInfo:
     successful: bool
     tries_left: int
     priority: int = 0
+    #: the firmware version and package digest (SHA-256 of the signed head) the device
+    #: committed into this slot; None when it does not know or does not say
+    version: str | None = None
+    package: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,10 @@ class DeviceFacts:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        for slot in data["slots"]:  # absent, not null, when unknown: older peers' form
+            for key in ("version", "package"):
+                if slot[key] is None:
+                    del slot[key]
         data["rollback_indexes"] = {str(k): v for k, v in self.rollback_indexes.items()}
         return data
 
@@ -77,7 +85,9 @@ class DeviceFacts:
                                    bootable=_bool(s["bootable"]),
                                    successful=_bool(s["successful"]),
                                    tries_left=_int(s["tries_left"]),
-                                   priority=_int(s.get("priority", 0)))
+                                   priority=_int(s.get("priority", 0)),
+                                   version=_opt(_str, s.get("version")),
+                                   package=_opt(_digest, s.get("package")))
                           for s in _list(data.get("slots", [])))
             rollback = {_int(int(k)): _int(v)
                         for k, v in dict(data.get("rollback_indexes", {})).items()}
@@ -100,6 +110,18 @@ def _str(value: Any) -> str:
         raise TypeError(f"expected a short string, got {type(value).__name__}")
     if not value.isprintable():
         raise ValueError(f"string {value[:40]!r} holds control characters")
+    return value
+
+
+def _opt(check: Callable[[Any], str], value: Any) -> str | None:
+    return None if value is None else check(value)
+
+
+def _digest(value: Any) -> str:
+    """A package digest: 64 lowercase hex digits."""
+    if not isinstance(value, str) or len(value) != 64 or \
+            any(c not in "0123456789abcdef" for c in value):
+        raise ValueError(f"package digest {str(value)[:70]!r} is not 64 hex digits")
     return value
 
 

@@ -54,6 +54,9 @@ class FlashOptions:
     delta: bool = True
     force_boot_failure: bool = False  # test devices only: the new slot fails to boot
     accept_unverifiable: bool = False  # flash although a check cannot be made
+    #: fastboot: flash a package that lacks some slotted partition (the new slot keeps
+    #: them from an older build); ZDL devices and EDL complete the slot instead
+    allow_partial: bool = False
     link: LinkOptions = field(default_factory=LinkOptions)
 
 
@@ -220,6 +223,11 @@ def _check(target: Target, package: Package, identity: Identity, trust: TrustSto
         failures: list[Failure] = []
     else:
         failures = host_failures(package, target, identity, trust)
+        if options.allow_partial:
+            for failure in [f for f in failures if f.check == "partial"]:
+                emit({"event": "check_overridden", "option": "--allow-partial",
+                      **failure.to_dict()})
+            failures = [f for f in failures if f.check != "partial"]
     signature_bad = any(f.check == "signature" for f in failures)
     on_device = probe.finish() if probe and not signature_bad else {}
     if check:
@@ -259,9 +267,13 @@ def _write_partition(target: Target, blocks: PartitionBlocks, index: int,
         summary.kept_blocks += sum(1 for b in kept if b not in have)
         have.update(kept)
     skipped = bytes_of(part, have)
+    # not the same claim: data blocks the device already holds (resumed, kept after its
+    # hash matched) versus zero blocks it writes itself where its flash is not zero
+    zero = bytes_of(part, (b for b in have if kinds[b] == KIND_ZERO))
     summary.skipped_bytes += skipped
     emit({"event": "partition_started", "partition": part.name, "size": part.size,
-          "skipped_bytes": skipped, "slot": slot if part.slotted else None,
+          "skipped_bytes": skipped, "kept_bytes": skipped - zero, "zero_bytes": zero,
+          "slot": slot if part.slotted else None,
           "target": f"{part.name}_{slot}" if part.slotted and slot else part.name})
 
     def progress(image_bytes: int, wire_bytes: int) -> None:

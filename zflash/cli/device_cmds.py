@@ -9,7 +9,7 @@ import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import click
 
@@ -18,6 +18,7 @@ from zflash.cli.common import emit_json, load_trust, refuse_existing, trust_opti
 from zflash.cli.fetch_cmds import fetch_config, tls_options
 from zflash.cli.render import DownloadRenderer, EventRenderer
 from zflash.errors import Code, ZflashError
+from zflash.facts import SlotInfo
 from zflash.flash import FlashOptions, backup as backup_partition, flash as flash_package
 from zflash.targets.base import Identity, LinkOptions
 from zflash.targets.registry import open_target
@@ -209,12 +210,22 @@ def facts_lines(identity: Identity, protocol: str) -> list[str]:
                                  ("successful", s.successful)) if on]
         priority = "not reported" if "slot_priority" in unreported else s.priority
         lines.append(f"  {s.name}: priority {priority}, tries left {s.tries_left}, "
-                     f"{', '.join(flags) or 'unbootable'}")
+                     f"{', '.join(flags) or 'unbootable'}; {slot_build(s, unreported)}")
     lines.append("partitions:" + (f" not reported ({unreported['partitions']})"
                                   if "partitions" in unreported else ""))
     for p in facts.partitions:
         lines.append(f"  {p.name:<12} {p.size:>12} bytes  {'A/B' if p.slotted else ''}")
     return lines
+
+
+def slot_build(slot: SlotInfo, unreported: Mapping[str, str]) -> str:
+    """Which build a slot holds, as the device recorded it at set-active."""
+    if "slot_builds" in unreported:
+        return f"build not reported ({unreported['slot_builds']})"
+    if slot.version is None:
+        return "build unknown (no package completed in this slot)"
+    package = f", package {slot.package[:16]}..." if slot.package else ""
+    return f"build {slot.version}{package}"
 
 
 def identity_json(identity: Identity, protocol: str, capabilities: Any) -> dict[str, Any]:
@@ -261,6 +272,10 @@ def info(url: str, baud: int | None, max_data: int, window: int, timeout: float,
 @click.option("--accept-unverifiable", is_flag=True,
               help="Flash although a check cannot be made because the device does not "
                    "report the fact (each such check is listed, 9045).")
+@click.option("--allow-partial", is_flag=True,
+              help="fastboot: flash a package that lacks some slotted partition; the new "
+                   "slot keeps those from its older build (9039 without it). ZDL devices and "
+                   "EDL copy them from the running slot instead.")
 @click.option("--programmer", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="EDL: the Firehose programmer to load (default: the package's).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line on stdout.")
@@ -270,7 +285,8 @@ def flash(package: Path | None, urls: tuple[str, ...], trust_files: tuple[Path, 
           pin_only: bool, ca_file: Path | None, cache_dir: Path | None,
           state_file: Path | None, no_reboot: bool, skip_host_checks: bool,
           wipe_userdata: bool, no_delta: bool, force_boot_failure: bool,
-          accept_unverifiable: bool, programmer: Path | None, as_json: bool) -> None:
+          accept_unverifiable: bool, allow_partial: bool, programmer: Path | None,
+          as_json: bool) -> None:
     """Flash a signed package (or, with --latest, the newest one from a catalog) into the
     device's inactive slot, verify, switch, reboot."""
     if len(urls) > 1:  # never flash one and drop the others silently
@@ -291,7 +307,8 @@ def flash(package: Path | None, urls: tuple[str, ...], trust_files: tuple[Path, 
     options = FlashOptions(skip_host_checks=skip_host_checks, reboot=not no_reboot,
                            wipe_userdata=wipe_userdata, delta=not no_delta,
                            force_boot_failure=force_boot_failure,
-                           accept_unverifiable=accept_unverifiable, link=link)
+                           accept_unverifiable=accept_unverifiable,
+                           allow_partial=allow_partial, link=link)
     renderer = EventRenderer(as_json)
     try:
         summary = flash_package(url, package, trust, options, renderer)

@@ -75,15 +75,25 @@ class EventRenderer:
                    f"window {e['window']}{baud})")
 
     def _on_device(self, e: dict[str, Any]) -> None:
-        f = e["facts"]
-        self._note(f"device: {f['product']} rev {f['hardware_revision']}, baseband "
-                   f"{f['baseband']}, serial {f['serial']}, running slot {f['current_slot']}")
+        f, unreported = e["facts"], e.get("unreported") or {}
+
+        def fact(key: str, slot_key: str | None = None) -> str:
+            if key in unreported or (slot_key and slot_key in unreported):
+                return "not reported"
+            value = f.get(key)
+            return "none" if value in (None, "") else str(value)
+        self._note(f"device: {fact('product')} rev {fact('hardware_revision')}, baseband "
+                   f"{fact('baseband')}, serial {fact('serial')}, running slot "
+                   f"{fact('current_slot', 'slots')}")
 
     def _on_check_failed(self, e: dict[str, Any]) -> None:
         """Printed once, by the refusal that follows (with its fix), not here too."""
 
     def _on_check_unverified(self, e: dict[str, Any]) -> None:
         self._note(f"not verified, accepted (--accept-unverifiable): {e['message']}")
+
+    def _on_check_overridden(self, e: dict[str, Any]) -> None:
+        self._note(f"refusal waived ({e['option']}): {e['message']}")
 
     def _on_check_passed(self, e: dict[str, Any]) -> None:
         self._note(f"check passed: {e['check']}")
@@ -110,8 +120,12 @@ class EventRenderer:
                              position=1)
         if self._overall is not None:
             self._overall.update(e["skipped_bytes"])
-        if e["skipped_bytes"]:
-            self._note(f"{where}: {e['skipped_bytes']} bytes already on the device, skipped")
+        kept = e.get("kept_bytes", e["skipped_bytes"])
+        if kept:
+            self._note(f"{where}: {kept} bytes already on the device (hash-checked), not sent")
+        if e.get("zero_bytes"):
+            self._note(f"{where}: {e['zero_bytes']} bytes of zero blocks, not sent: the device "
+                       "fills them itself")
 
     def _on_bytes_sent(self, e: dict[str, Any]) -> None:
         for bar in (self._part, self._overall):
@@ -134,6 +148,10 @@ class EventRenderer:
 
     def _on_retry(self, e: dict[str, Any]) -> None:
         self._note(f"link: {e['frames']} frames sent again ({e['reason']})")
+
+    def _on_partition_copied(self, e: dict[str, Any]) -> None:
+        self._note(f"{e['partition']}_{e['to_slot']}: not in the package; copied from slot "
+                   f"{e['from_slot']} ({e['bytes']} bytes) so the new slot is complete")
 
     def _on_slot_switched(self, e: dict[str, Any]) -> None:
         self._note(f"active slot switched to {e['slot']}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 _ZEROS = bytes(1 << 20)
 
@@ -112,3 +113,24 @@ class DigestRecords:
             self._path(partition).unlink()
         except FileNotFoundError:
             pass
+
+
+def copy_data(src: int, dst: int, size: int, chunk: int,
+              alive: Callable[[], None] = lambda: None) -> None:
+    """Copy ``size`` bytes from fd ``src`` to fd ``dst`` (already truncated to all holes),
+    one ``chunk`` at a time: holes are skipped by SEEK_DATA/SEEK_HOLE and all-zero chunks are
+    not written, so the copy stays sparse and memory stays one chunk whatever the size.
+    ``alive`` is called per chunk (the device's keep-alive)."""
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(src, offset, os.SEEK_DATA)
+            end = min(os.lseek(src, start, os.SEEK_HOLE), size)
+        except OSError:
+            return  # ENXIO: only a hole from here on
+        for position in range(start, end, chunk):
+            data = os.pread(src, min(chunk, end - position), position)
+            if data and not is_zero_bytes(data):
+                os.pwrite(dst, data, position)
+            alive()
+        offset = max(end, offset + 1)

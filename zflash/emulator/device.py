@@ -24,7 +24,8 @@ from zflash.package.format import (KIND_RAW, KIND_ZERO, KIND_ZLIB, KIND_ZSTD, Pa
 from zflash.package.keys import TrustStore
 from zflash.package.reader import PackageHead, decode_block, zero_digest
 from zflash.emulator import image_write
-from zflash.emulator.blocks import (BlockHashCache, DigestRecords, has_no_data, is_zero,
+from zflash.emulator.blocks import (BlockHashCache, DigestRecords, copy_data, has_no_data,
+                                    is_zero,
                                     is_zero_bytes)
 from zflash.emulator.storage import SLOTS, Storage, atomic_write, read_json, write_json
 
@@ -76,12 +77,16 @@ class UpdateSession:
         done = set(journal.get("committed", [])) if journal else set()
         for entry in head.manifest.partitions:
             bits = bytearray(entry.block_count)
+            path = self._target_path(entry)
+            committed = entry.name in done
             if journal and entry.name in journal.get("verified", {}):
                 saved = bytes.fromhex(journal["verified"][entry.name])
-                if len(saved) == entry.block_count:
+                # a staged file that is gone was moved into place by a commit the journal
+                # did not record (power lost in between): its blocks are no longer staged,
+                # so they are not claimed; the delta finds them in the live partition
+                if len(saved) == entry.block_count and (committed or path.exists()):
                     bits[:] = saved
-            self.parts.append(_Partition(entry, -1, self._target_path(entry), bits,
-                                         entry.name in done))
+            self.parts.append(_Partition(entry, -1, path, bits, committed))
         self._unsynced = 0
 
     def start(self) -> None:
@@ -89,6 +94,8 @@ class UpdateSession:
         that a refusal up to here leaves the device byte-identical."""
         self.dir.mkdir(parents=True, exist_ok=True)
         for part in self.parts:
+            if part.committed and not part.entry.slotted:
+                continue  # already moved into place: staging holds no file for it
             if not part.path.exists():
                 with open(part.path, "wb") as handle:
                     handle.truncate(self.storage.spec(part.entry.name).size)
@@ -118,7 +125,8 @@ class UpdateSession:
         if not self.started:
             return
         for part in self.parts:
-            os.fsync(part.fd)
+            if part.fd >= 0:
+                os.fsync(part.fd)
         write_json(self.dir / "journal.json", {
             "digest": self.head.digest, "target_slot": self.target,
             "verified": {p.entry.name: bytes(p.verified).hex() for p in self.parts},
@@ -193,11 +201,14 @@ class EmulatedDevice:
                         .rglob("*") if p.is_file())
         slots = []
         active = self._active_slot()
+        builds = self.meta.get("builds", {})
         for name in SLOTS:
             state = self.meta["slots"][name]
+            build = builds.get(name) or {}
             slots.append(SlotInfo(name=name, active=name == active,
                                   bootable=_bootable(state), successful=state["successful"],
-                                  tries_left=state["tries_left"], priority=state["priority"]))
+                                  tries_left=state["tries_left"], priority=state["priority"],
+                                  version=build.get("version"), package=build.get("package")))
         return DeviceFacts(
             product=profile.product, hardware_revision=profile.hardware_revision,
             baseband=profile.baseband, serial=profile.serial,
@@ -244,6 +255,7 @@ class EmulatedDevice:
             return
         self.meta["slots"][target] = {"priority": 0, "tries_left": 0, "successful": False}
         self.meta["committed"][target] = {}
+        self.meta.setdefault("builds", {}).pop(target, None)
         self.meta["pending_rollback"][target] = {}
         self.storage.save_meta()
 
@@ -359,6 +371,11 @@ class EmulatedDevice:
         part = self._part(part_index)
         entry = part.entry
         name = entry.name
+        if part.committed:
+            # committed before a power loss or a lost link: the commit stands (the staged
+            # file of an unslotted partition is already live); doing it again would replace
+            # the live data with an empty staging file
+            return entry.sha256
         table = session.head.tables[name]
         self._changing(part.path)  # zero blocks may be written; the record is saved anew
         for index, block in enumerate(table):
@@ -402,8 +419,11 @@ class EmulatedDevice:
                 raise ZflashError(Code.SLOT, f"slot {slot}: partitions not committed: "
                                              f"{', '.join(pending)}")
             manifest = session.head.manifest
+            self._complete_slot(session)
             self.meta["pending_rollback"][slot] = {str(manifest.rollback_location):
                                                    manifest.rollback_index}
+            self.meta.setdefault("builds", {})[slot] = {"version": manifest.version,
+                                                        "package": session.head.digest}
         elif not self.meta["slots"][slot]["successful"] and not self.meta["committed"][slot]:
             raise ZflashError(Code.SLOT, f"slot {slot} holds no complete build")
         self._step("set-active")
@@ -421,6 +441,49 @@ class EmulatedDevice:
             session.close()
             self.session = None
             self.storage.clear_staging()
+
+    def _complete_slot(self, session: UpdateSession) -> None:
+        """Copy every slotted partition the package does not carry from the running slot
+        into the target (update_engine's rule for partial updates), so the new slot holds
+        one consistent build, never this package's boot beside an older build's vendor.
+
+        Streamed one chunk at a time, holes skipped, with keep-alives; each copy is
+        recorded as committed with the running slot's record (or, when the running slot has
+        none, the hash of what was copied). Idempotent: a power loss mid-copy leaves the
+        target unbootable, and the rerun copies again."""
+        target = session.target
+        running = self.meta["current_slot"]
+        carried = {p.entry.name for p in session.parts}
+        if target is None or target == running:
+            return
+        copied = False
+        for spec in self.storage.profile.partitions:
+            if not spec.slotted or spec.name in carried:
+                continue
+            if spec.name in self.meta["committed"][target] and \
+                    self.meta["committed"][target][spec.name].get("copied_from") == running:
+                continue  # copied before an interruption, recorded after its fsync
+            source = self.storage.partition_path(spec.name, running)
+            dest = self.storage.partition_path(spec.name, target)
+            self._changing(dest)
+            src_fd = os.open(source, os.O_RDONLY)
+            try:
+                dst_fd = os.open(dest, os.O_RDWR | os.O_TRUNC)
+                try:
+                    os.ftruncate(dst_fd, spec.size)
+                    copy_data(src_fd, dst_fd, spec.size, READ_CHUNK, self._alive)
+                    os.fsync(dst_fd)
+                finally:
+                    os.close(dst_fd)
+            finally:
+                os.close(src_fd)
+            record = dict(self.meta["committed"][running].get(spec.name) or
+                          {"sha256": file_sha256(dest, spec.size), "size": spec.size})
+            record["copied_from"] = running
+            self.meta["committed"][target][spec.name] = record
+            copied = True
+        if copied:
+            self.storage.save_meta()
 
     def try_enter(self, who: str, alive: Callable[[], bool] | None = None) -> bool:
         """Start a host session if no other host is in one (``who`` names it, ``alive``
@@ -604,6 +667,8 @@ class EmulatedDevice:
         spec = self.storage.spec(name)
         self.meta["committed"][slot if spec.slotted else ""][name] = {
             "sha256": None, "size": spec.size, "by": "fastboot"}
+        if spec.slotted:
+            self.meta.setdefault("builds", {}).pop(slot, None)  # no package names it now
         self.storage.save_meta()
 
 

@@ -32,7 +32,7 @@ Progress = Callable[[int, int], None]
 #: Every fact key a back-end may leave unreported (``size:NAME``, ``partition:NAME`` and
 #: ``rollback_index:N`` are per partition / location).
 FACT_KEYS = ("product", "hardware_revision", "baseband", "serial", "slots", "slot_priority",
-             "partitions",
+             "partitions", "slot_builds",
              "rollback_index:N", "size:NAME", "partition:NAME", "cache")
 
 

@@ -35,6 +35,7 @@ from zflash.transport.base import Transport
 
 MEMORIES = ("ufs", "emmc")  # tried in this order; a programmer NAKs the one it does not drive
 MAX_LUNS = 8
+COPY_BYTES = 1 << 20  # one <read> / <program> pair when completing a slot
 
 
 class EdlTarget(Target):
@@ -174,6 +175,8 @@ class EdlTarget(Target):
                     raise
         if location not in rollback:
             unreported[f"rollback_index:{location}"] = "the running slot's vbmeta"
+        if slots:
+            unreported["slot_builds"] = "EDL (the GPT records no build per slot)"
         facts = DeviceFacts(
             product=product, hardware_revision=hw_rev, baseband=baseband,
             serial=self.ids.serial or "", protocol_version=self.ids.version or 0,
@@ -335,9 +338,45 @@ class EdlTarget(Target):
                                                       f"{expected.hex()[:16]}...")
         return Verification("device", part.sha256)
 
+    def _complete_slot(self, slot: str) -> None:
+        """Copy every slotted partition the package does not carry from the running slot
+        into ``slot`` (update_engine's rule for partial updates), by Firehose ``<read>`` and
+        ``<program>`` of COPY_BYTES at a time, then compare both by digest: the new slot
+        never mixes this build with an older one (DECISIONS.md D131)."""
+        assert self.layout is not None and self._package is not None
+        _, running = self.layout.slots()
+        if running is None or running == slot:
+            return
+        fh = self.firehose
+        assert fh is not None
+        carried = {p.name for p in self._package.manifest.partitions if p.slotted}
+        size = self.layout.sector_size
+        step = max(1, COPY_BYTES // size)
+        for info in self.layout.partitions():
+            if not info.slotted or info.name in carried:
+                continue
+            source = self.layout.target(info.name, running)
+            dest = self.layout.target(info.name, slot)
+            if source is None or dest is None:
+                continue
+            count = min(source.sectors, dest.sectors)
+            for lba in range(0, count, step):
+                n = min(step, count - lba)
+                data = self._read(source.lun, source.first_lba + lba, n)
+                fh.run(fh.engine.program(dest.lun, dest.first_lba + lba, n, size),
+                       data=_split(data, fh.engine.payload_to_target)).check()
+            if self._digest(source.lun, source.first_lba, count) != \
+                    self._digest(dest.lun, dest.first_lba, count):
+                raise ZflashError(Code.READBACK_MISMATCH, f"{info.name}_{slot} did not read "
+                                                          f"back as copied from {running}")
+            self.emit({"event": "partition_copied", "partition": info.name,
+                       "from_slot": running, "to_slot": slot, "bytes": count * size})
+
     def set_active(self, slot: str) -> None:
         """bootctrl's switch in every LUN with A/B pairs: both GPT copies rewritten with
         fresh CRCs, then read back by digest; then the boot LUN where the layout has one."""
+        if self._package is not None:
+            self._complete_slot(slot)
         fh = self.firehose
         assert fh is not None and self.layout is not None
         skip = UFS_BOOT_LUN_PARTITIONS if self.memory == "ufs" else ()

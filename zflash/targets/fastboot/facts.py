@@ -140,6 +140,7 @@ class FastbootFacts:
                 rollback[location] = stored
         if self.slots:
             unreported["slot_priority"] = "fastboot (no variable carries it)"
+            unreported["slot_builds"] = "fastboot (no variable carries a slot's build)"
         if self.inactive_slot is None:
             unreported["slots"] = (f"slot-count {self.get('slot-count')!r}, current-slot "
                                    f"{self.get('current-slot')!r}")
@@ -179,6 +180,11 @@ class FastbootFacts:
             parts = _partitions_from_listing(listing, self.slots)
         return self._identity(tuple(parts), list(range(LISTING_ROLLBACK_LOCATIONS)),
                               unreported)
+
+
+def listed_partitions(listing: dict[str, str], slots: list[str]) -> list[PartitionInfo]:
+    """The partitions a ``getvar all`` listing names (the slotted ones once)."""
+    return _partitions_from_listing(listing, slots)
 
 
 def _partitions_from_listing(listing: dict[str, str], slots: list[str]) -> list[PartitionInfo]:

@@ -8,9 +8,10 @@ cannot be skipped), cannot read a partition back, and does not say which slot bo
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from zflash.checks import Failure
+from zflash.checks import Failure, check_complete_slot
 from zflash.errors import Code, ZflashError
 from zflash.package.format import KIND_ZERO, Manifest
 from zflash.package.reader import Package
@@ -19,7 +20,8 @@ from zflash.targets.base import (BootReport, Capabilities, Emit, Identity, Progr
                                  UpdateStart, Written)
 from zflash.targets.blocks import PartitionBlocks
 from zflash.targets.fastboot.client import FastbootClient
-from zflash.targets.fastboot.facts import (FastbootFacts, read_for_manifest, read_listing)
+from zflash.targets.fastboot.facts import (FastbootFacts, listed_partitions, read_for_manifest,
+                                           read_listing)
 from zflash.targets.fastboot.stream import (SPARSE_BLOCK_SIZES, PieceStream, plan_pieces,
                                             sparse_block_size)
 
@@ -63,8 +65,11 @@ class FastbootTarget(Target):
         return identity
 
     def constraints(self, manifest: Manifest, identity: Identity) -> list[Failure]:
-        """A sparse image is whole blocks: the padded image must fit the partition."""
-        failures = []
+        """A sparse image is whole blocks: the padded image must fit the partition. And the
+        new slot must be complete: fastboot has no command that copies a partition from the
+        running slot (and ``fetch`` is rare), so a package lacking some slotted partition
+        the device lists (``getvar all``) is refused (9039) unless --allow-partial."""
+        failures = self._completeness(manifest, identity)
         for part in manifest.partitions:
             capacity = self.facts.partition_size(part)[0]
             if capacity is not None and part.size <= capacity and \
@@ -73,6 +78,21 @@ class FastbootTarget(Target):
                     f"image {part.name} ({part.size} bytes) cannot be padded to whole sparse "
                     f"blocks within its {capacity}-byte partition")))
         return failures
+
+    def _completeness(self, manifest: Manifest, identity: Identity) -> list[Failure]:
+        if not any(p.slotted for p in manifest.partitions):
+            return []
+        try:
+            listing = self.client.getvar_all()
+        except ZflashError as exc:
+            if exc.code in (Code.LINK_LOST, Code.TIMEOUT):
+                raise
+            listing = None
+        if listing is None:
+            return check_complete_slot(manifest, identity.facts, {"partitions": "getvar all"})
+        facts = replace(identity.facts, partitions=tuple(listed_partitions(listing,
+                                                                           self.facts.slots)))
+        return check_complete_slot(manifest, facts)
 
     def begin(self, package: Package, identity: Identity) -> UpdateStart:
         if self.limit < min_split_size(max(SPARSE_BLOCK_SIZES)):
