@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import socket
 import struct
 import subprocess
@@ -26,12 +27,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from zflash.facts import DeviceFacts
-from zflash.protocol.zdl import (BeginUpdate, DeviceEngine, Error, Facts, Identify, Message,
-                                 Ok, Read, UpdateReady, WriteBlock)
+from zflash.protocol.zdl import (BeginUpdate, BlockHashes, CommitPartition, DeviceEngine, Error,
+                                 Facts, Hashes, Identify, KeepBlocks, Kept, Message, Ok, Read,
+                                 Reboot, UpdateReady, WriteBlock)
 from zflash.protocol.zdl.constants import CHUNK_HEADER, FLAG_CHUNK, SYNC, MsgType
 from zflash.protocol.zdl.frames import encode_frame, encode_frame_parts
 
 FLOOD_PIECE = 64 << 10
+SESSION_ID = "0badc0de"  # the journal id every UPDATE_READY of the fake carries
 
 
 # ------------------------------------------------------------------------------ running the CLI
@@ -50,11 +53,25 @@ class Outcome:
         return self.returncode is None
 
 
-def run_cli(args: list[str], timeout: float, env: dict[str, str] | None = None) -> Outcome:
-    """``python -m zflash ARGS`` with a hard timeout; its own peak RSS from ``wait4``.
+def _hwm_mib(pid: int) -> float | None:
+    """VmHWM (peak RSS of the process's current image) from /proc, None when unreadable."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
 
-    ``wait4`` reports the rusage of that one child (RUSAGE_CHILDREN would be the largest of
-    every child the test run ever had).
+
+def run_cli(args: list[str], timeout: float, env: dict[str, str] | None = None) -> Outcome:
+    """``python -m zflash ARGS`` with a hard timeout, its time and its peak RSS.
+
+    The peak is the last VmHWM read from /proc while it ran (every 20 ms; a high-water
+    mark, so only growth in its last 20 ms could be missed). ``wait4``'s ru_maxrss is the
+    fallback: on Linux it also counts the test process, whose copy the child was before
+    its exec (and RUSAGE_CHILDREN would be the largest child the test run ever had).
     """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.monotonic()
@@ -63,10 +80,13 @@ def run_cli(args: list[str], timeout: float, env: dict[str, str] | None = None) 
                                 env={**os.environ, "ZFLASH_TRUST_DIR": "/nonexistent",
                                      **(env or {})})
         killed = False
+        peak: float | None = None
         while True:
+            hwm = _hwm_mib(proc.pid)
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
+            peak = hwm if hwm is not None else peak
             if time.monotonic() - start > timeout and not killed:
                 proc.kill()
                 killed = True
@@ -75,7 +95,8 @@ def run_cli(args: list[str], timeout: float, env: dict[str, str] | None = None) 
         proc.returncode = os.waitstatus_to_exitcode(status)  # keep Popen from waiting again
         out.seek(0)
         err.seek(0)
-        return Outcome(None if killed else proc.returncode, seconds, usage.ru_maxrss / 1024,
+        rss = peak if peak is not None else usage.ru_maxrss / 1024
+        return Outcome(None if killed else proc.returncode, seconds, rss,
                        out.read().decode(errors="replace"), err.read().decode(errors="replace"))
 
 
@@ -103,8 +124,8 @@ class _Server:
             except OSError:
                 return
             self.connections += 1
-            conn.settimeout(0.1)
-            try:
+            conn.settimeout(None)  # sends block until the host reads (or is gone): a flood
+            try:                   # never ends by itself; reads go through select
                 self.serve(conn)
             except OSError:
                 pass  # the host hung up: that is how every hostile case should end
@@ -120,27 +141,22 @@ class _Server:
         self._listener.close()
         self._thread.join(timeout=5)
 
-    def _recv(self, conn: socket.socket) -> bytes | None:
-        """Some bytes, b"" on a read timeout, None when the host closed the connection."""
-        try:
-            data = conn.recv(1 << 20)
-        except (TimeoutError, socket.timeout):
+    def _recv(self, conn: socket.socket, wait: float = 0.1) -> bytes | None:
+        """Some bytes, b"" when none came within ``wait``, None when the host hung up."""
+        readable, _, _ = select.select([conn], [], [], wait)
+        if not readable:
             return b""
-        return data or None
+        return conn.recv(1 << 20) or None
 
     def flood(self, conn: socket.socket, piece: Callable[[], bytes], pause: float = 0.0) -> None:
-        """Send ``piece()`` until the host hangs up or the test ends (reading what it says)."""
-        conn.settimeout(1.0)
+        """Send ``piece()`` until the host hangs up or the test ends, reading (and dropping)
+        what it says so that it never blocks on a full socket."""
         while not self.stop_event.is_set():
             conn.sendall(piece())
-            try:
-                conn.setblocking(False)
-                if conn.recv(1 << 20) == b"":
-                    return
-            except BlockingIOError:
+            while (data := self._recv(conn, 0)) is not None and data:
                 pass
-            finally:
-                conn.settimeout(1.0)
+            if data is None:
+                return
             if pause:
                 time.sleep(pause)
 
@@ -159,17 +175,21 @@ class _Raw(Message):
 
 ZDL_MODES = ("garbage", "sync-flood", "keepalive-flood", "chunk-stall", "oversized-frame",
              "error-9000", "error-9001", "error-9999", "huge-have", "running-slot",
-             "absurd-size", "huge-string", "million-partitions", "huge-data")
+             "absurd-size", "huge-string", "million-partitions", "huge-data",
+             "commit-no-hash", "commit-wrong-hash")
 
 
 @dataclass
 class HostileZdl(_Server):
     """A fake ZDL device: honest (real facts, a plain UPDATE_READY, every block ACKed) until
-    the request of type ``at`` arrives, which it answers the way ``mode`` says."""
+    the request of type ``at`` arrives, which it answers the way ``mode`` says.
+    ``commit_sha256`` (partition index -> hex digest) lets an honest commit report the
+    digest the package expects, as a device that verified its flash would."""
 
     mode: str
     facts: DeviceFacts
     at: type = Identify
+    commit_sha256: dict[int, str] = field(default_factory=dict)
     seen: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -183,6 +203,7 @@ class HostileZdl(_Server):
 
     def serve(self, conn: socket.socket) -> None:
         engine = DeviceEngine(max_data=256 << 10, window=32, codecs=("none", "zlib"))
+        fired = False
         while not self.stop_event.is_set():
             data = self._recv(conn)
             if data is None:
@@ -191,10 +212,15 @@ class HostileZdl(_Server):
                 self.seen.append(type(event).__name__)
                 if isinstance(event, WriteBlock):
                     continue  # the engine ACKs it
-                if isinstance(event, self.at):
+                if isinstance(event, self.at) and not fired:
+                    fired = True
                     conn.sendall(b"".join(engine.data_to_send()))
-                    self.misbehave(conn, engine, event)
-                    return
+                    lie = self.lie(event)
+                    if lie is None:
+                        self.misbehave(conn, engine, event)
+                        return
+                    conn.sendall(b"".join(engine.respond(lie)))
+                    continue  # one lie, then honest again: the host must act on the lie
                 answer = self.honest_answer(event)
                 if answer is not None:
                     conn.sendall(b"".join(engine.respond(answer)))
@@ -204,7 +230,15 @@ class HostileZdl(_Server):
         if isinstance(event, Identify):
             return Facts(self.facts)
         if isinstance(event, BeginUpdate):
-            return UpdateReady("hostile", self.other_slot, {})
+            return UpdateReady(SESSION_ID, self.other_slot, {})
+        if isinstance(event, BlockHashes):  # nothing matches: every block is to be sent
+            return Hashes(tuple(b"\xee" * 32 for _ in range(event.count)))
+        if isinstance(event, KeepBlocks):
+            return Kept(event.partition, ())
+        if isinstance(event, CommitPartition) and event.partition in self.commit_sha256:
+            return Ok({"sha256": self.commit_sha256[event.partition]})
+        if isinstance(event, Reboot):
+            return Ok({"boot": {"booted_slot": self.other_slot}})
         if isinstance(event, Message):
             return Ok() if not isinstance(event, Read) else Error(9034, "no reads here")
         return None  # session events
@@ -214,6 +248,24 @@ class HostileZdl(_Server):
         return "b" if self.facts.current_slot == "a" else "a"
 
     # -- misbehaviours ----------------------------------------------------------------------
+    def lie(self, event: Message) -> Message | None:
+        """The answer of a mode that answers (wrongly) and then goes on honestly, or None."""
+        mode = self.mode
+        if mode.startswith("error-"):
+            return Error(int(mode[6:]), "hostile device")
+        if mode == "huge-have":
+            return UpdateReady(SESSION_ID, self.other_slot,
+                               {i: ((0, 0xFFFFFFFF),) for i in range(len(self.facts.partitions))})
+        if mode == "running-slot":
+            return UpdateReady(SESSION_ID, self.facts.current_slot, {})
+        if mode == "commit-no-hash":
+            return Ok()
+        if mode == "commit-wrong-hash":
+            return Ok({"sha256": "00" * 32})
+        if mode == "absurd-size":
+            return _Raw(MsgType.FACTS, self.facts_json(flash_size=2**64 - 1, cache_free=2**70))
+        return None
+
     def misbehave(self, conn: socket.socket, engine: DeviceEngine, event: Message) -> None:
         seq = _pending_seq(engine)
         mode = self.mode
@@ -234,21 +286,6 @@ class HostileZdl(_Server):
             header = struct.pack("<BBII", _answer_type(event), 0, seq, 64 << 20)
             conn.sendall(SYNC + header)
             self.flood(conn, lambda: b"\0" * FLOOD_PIECE)
-        elif mode.startswith("error-"):
-            conn.sendall(b"".join(engine.respond(Error(int(mode[6:]), "hostile device"))))
-            self.stall(conn, engine)
-        elif mode == "huge-have":
-            have = {i: ((0, 0xFFFFFFFF),) for i in range(len(self.facts.partitions))}
-            conn.sendall(b"".join(engine.respond(UpdateReady("hostile", self.other_slot, have))))
-            self.stall(conn, engine)
-        elif mode == "running-slot":
-            ready = UpdateReady("hostile", self.facts.current_slot, {})
-            conn.sendall(b"".join(engine.respond(ready)))
-            self.stall(conn, engine)
-        elif mode == "absurd-size":
-            conn.sendall(b"".join(engine.respond(_Raw(MsgType.FACTS, self.facts_json(
-                flash_size=2**64 - 1, cache_free=2**70)))))
-            self.stall(conn, engine)
         elif mode in ("huge-string", "million-partitions"):
             self.send_huge_facts(conn, engine, seq)
         elif mode == "huge-data":
@@ -272,7 +309,6 @@ class HostileZdl(_Server):
             prefix = b'{"partitions": ['
         step = 256 << 10
         offset = 0
-        conn.settimeout(2.0)
         while offset < total and not self.stop_event.is_set():
             size = min(step, total - offset)
             body = (prefix + b"x" * (size - len(prefix))) if offset == 0 else b"x" * size
@@ -283,7 +319,6 @@ class HostileZdl(_Server):
 
     def stall(self, conn: socket.socket, engine: DeviceEngine) -> None:
         """Keep the link up and the engine honest (ACKs, re-sent answers), answer nothing."""
-        conn.settimeout(0.1)
         while not self.stop_event.is_set():
             data = self._recv(conn)
             if data is None:
@@ -394,6 +429,13 @@ class HostileFastboot(_Server):
 
 def _message(payload: bytes) -> bytes:
     return struct.pack(">Q", len(payload)) + payload
+
+
+def package_sha256(package: Path) -> dict[int, str]:
+    """Partition index -> the SHA-256 its image must have once written (from the manifest)."""
+    from zflash.package.reader import Package
+    with Package(package) as pkg:
+        return {i: p.sha256 for i, p in enumerate(pkg.manifest.partitions)}
 
 
 def emulated_facts(root: Path) -> DeviceFacts:
