@@ -211,9 +211,10 @@ def test_fastboot_empty_packets_in_a_row_are_bounded() -> None:
 
 
 def test_fastboot_max_packet_follows_the_upload() -> None:
-    from zflash.protocol.fastboot.constants import MAX_RESPONSE
+    from zflash.protocol.fastboot.constants import MAX_DATA_SIZE, MAX_RESPONSE
+    assert _engine_after("getvar:all").max_packet == MAX_RESPONSE
     engine = _engine_after("upload")
-    assert engine.max_packet == MAX_RESPONSE
+    assert engine.max_packet == MAX_DATA_SIZE  # its data may share a read with the DATA line
     engine.receive(b"DATA00100000")
     assert engine.max_packet == 0x100000
     engine.receive(b"\0" * 0x100000)

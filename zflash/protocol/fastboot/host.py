@@ -20,7 +20,7 @@ from __future__ import annotations
 from enum import Enum
 
 from zflash.errors import Code, ZflashError
-from zflash.protocol.fastboot.constants import MAX_RESPONSE
+from zflash.protocol.fastboot.constants import MAX_DATA_SIZE, MAX_RESPONSE
 from zflash.protocol.fastboot.events import (
     DataRequest,
     Fail,
@@ -100,9 +100,12 @@ class HostEngine:
     @property
     def max_packet(self) -> int:
         """The longest packet the device may send now: upload bytes still due while it
-        uploads, else one response (``MAX_RESPONSE``)."""
+        uploads, any size while an upload command awaits its DATA (the data may arrive in
+        the same read as the DATA line), else one response (``MAX_RESPONSE``)."""
         if self.state is HostState.RECEIVING:
             return max(self._left, MAX_RESPONSE)
+        if self.state is HostState.WAITING and self._upload and not self._data_seen:
+            return MAX_DATA_SIZE
         return MAX_RESPONSE
 
     # --------------------------------------------------------------- receiving
