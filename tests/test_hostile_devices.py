@@ -47,6 +47,7 @@ class Case:
     codes: tuple[int, ...] = ()  # acceptable codes; empty: any coded error but 9001
     xfail: str | None = None  # why it fails today (strict: a fix must remove the mark)
     may_succeed: bool = False  # a lie the host cannot see through: only time/memory count
+    slow: bool = False  # ends in a coded error, but only after the session's ~15 s timeouts
 
     @property
     def fastboot(self) -> bool:
@@ -83,8 +84,10 @@ CASES: list[Case] = [
     *_zdl("flash", CommitPartition, {"commit-no-hash": (PROTOCOL, READBACK),
                                       "commit-wrong-hash": (READBACK,)},
           {"commit-no-hash": COMMIT_NOT_COMPARED, "commit-wrong-hash": COMMIT_NOT_COMPARED}),
-    *_zdl("backup", Read, {**_floods(*FLOODS, "huge-data"), "error-9000": (PROTOCOL,)},
-          HANGS),
+    *_zdl("backup", Read, {**_floods("garbage", "sync-flood", "keepalive-flood", "huge-data"),
+                           "error-9000": (PROTOCOL,)}, HANGS),
+    # a READ whose chunked answer stalls: the host's request timeouts end it (9024, ~16 s)
+    Case("zdl-backup-chunk-stall", "backup", "chunk-stall", Read, LINK_FAILURE, slow=True),
     *[Case(f"fastboot-{cmd.split()[-2] if ' ' in cmd else cmd}-{mode}", cmd, mode)
       for cmd, mode in [
         ("info", "bad-handshake"), ("info", "oversized-response"), ("info", "huge-message"),
@@ -141,6 +144,8 @@ def _params() -> list:
             marks.append(pytest.mark.xfail(strict=True, reason=case.xfail))
             if case.xfail == NO_PROGRESS_DEADLINE:
                 marks.append(pytest.mark.slow)  # each waits out the hard timeout today
+        if case.slow:
+            marks.append(pytest.mark.slow)
         params.append(pytest.param(case, id=case.name, marks=marks))
     return params
 
