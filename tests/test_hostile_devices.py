@@ -13,7 +13,6 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 
