@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test fuzz demo demo-line samples bench clean venv
+.PHONY: test fuzz slow demo demo-line samples bench clean venv
 
 venv: $(STAMP)
 
@@ -21,6 +21,11 @@ test: $(STAMP)
 # with the short one.
 fuzz: $(STAMP)
 	ZFLASH_FUZZ_PROFILE=long $(PY) -m pytest -q tests/fuzz
+
+# The long runs deselected from `make test`: the whole fault matrix (tests/test_fault_matrix.py)
+# and the hostile-device cases marked slow. A later -m overrides pyproject's "not slow".
+slow: $(STAMP)
+	$(PY) -m pytest -q -m slow tests/test_fault_matrix.py tests/test_hostile_devices.py
 
 demo: $(STAMP)
 	$(PY) firmware-samples/demo.py

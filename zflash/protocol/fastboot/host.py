@@ -6,6 +6,11 @@ asks for exactly the size it was offered, and counts data bytes both ways, so a 
 answers out of turn, overruns an upload or says OKAY before the data is complete is caught
 as a protocol error instead of desynchronising the session.
 
+A device is not trusted to end a command: INFO/TEXT lines per command and empty packets in a
+row are bounded (``MAX_INFO_LINES``, ``MAX_EMPTY_PACKETS``), and ``max_packet`` tells a
+framing layer how long the device's next message may be, so an oversized one is refused on
+its length header, before any of it is buffered.
+
 Input arrives as packets: one USB transfer, or one TCP message (fragments of a message are
 passed with ``end=False``). A response is the whole packet, so the packet boundary matters.
 """
@@ -15,7 +20,7 @@ from __future__ import annotations
 from enum import Enum
 
 from zflash.errors import Code, ZflashError
-from zflash.protocol.fastboot.constants import MAX_RESPONSE
+from zflash.protocol.fastboot.constants import MAX_DATA_SIZE, MAX_RESPONSE
 from zflash.protocol.fastboot.events import (
     DataRequest,
     Fail,
@@ -28,6 +33,11 @@ from zflash.protocol.fastboot.events import (
 from zflash.protocol.fastboot.wire import Buffer, download_command, encode_command, parse_response
 
 _UPLOAD_VERBS = ("upload", "fetch:")
+
+#: INFO/TEXT lines one command may produce: ``getvar all`` on a large phone is a few hundred
+MAX_INFO_LINES = 10_000
+#: empty packets in a row: USB sends one after a transfer; a stream of them is not an answer
+MAX_EMPTY_PACKETS = 1_000
 
 
 class HostState(Enum):
@@ -49,6 +59,8 @@ class HostEngine:
         self._data_seen = False
         self._left = 0  # data bytes still to send or receive
         self._buf = bytearray()
+        self._lines = 0  # INFO/TEXT lines since the current command was sent
+        self._empty = 0  # empty packets in a row
 
     # --------------------------------------------------------------- sending
     def send_command(self, text: str) -> bytes:
@@ -61,6 +73,8 @@ class HostEngine:
         if text.startswith("download:"):
             self._offered = _offered_size(text)
         self._data_seen = False
+        self._lines = 0
+        self._empty = 0
         self.state = HostState.WAITING
         return packet
 
@@ -82,6 +96,17 @@ class HostEngine:
     def data_left(self) -> int:
         """Bytes still due in the current data phase (either direction)."""
         return self._left
+
+    @property
+    def max_packet(self) -> int:
+        """The longest packet the device may send now: upload bytes still due while it
+        uploads, any size while an upload command awaits its DATA (the data may arrive in
+        the same read as the DATA line), else one response (``MAX_RESPONSE``)."""
+        if self.state is HostState.RECEIVING:
+            return max(self._left, MAX_RESPONSE)
+        if self.state is HostState.WAITING and self._upload and not self._data_seen:
+            return MAX_DATA_SIZE
+        return MAX_RESPONSE
 
     # --------------------------------------------------------------- receiving
     def receive(self, data: Buffer, end: bool = True) -> list[HostEvent]:
@@ -109,12 +134,22 @@ class HostEngine:
         if not end:
             return []
         if not self._buf:
-            return []  # a zero-length packet: USB uses them to end transfers
+            self._empty += 1  # a zero-length packet: USB uses them to end transfers
+            if self._empty > MAX_EMPTY_PACKETS:
+                raise ZflashError(Code.PROTOCOL, f"device sent more than {MAX_EMPTY_PACKETS} "
+                                                 "empty packets in a row instead of an answer")
+            return []
+        self._empty = 0
         packet, self._buf = bytes(self._buf), bytearray()
         return [self._on_response(parse_response(packet))]
 
     def _on_response(self, event: HostEvent) -> HostEvent:
         if isinstance(event, (Info, Text)):
+            self._lines += 1
+            if self._lines > MAX_INFO_LINES:
+                raise ZflashError(Code.PROTOCOL, f"device sent more than {MAX_INFO_LINES} "
+                                                 f"INFO/TEXT lines for {self._what()} without "
+                                                 "ending it")
             return event
         if isinstance(event, Fail):
             self._finish()
@@ -163,6 +198,9 @@ class HostEngine:
         self.command = None
         self._offered = None
         self._left = 0
+
+    def _what(self) -> str:
+        return repr((self.command or "")[:64])
 
     def _require(self, state: HostState, action: str) -> None:
         if self.state is not state:

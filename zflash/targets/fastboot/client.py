@@ -2,7 +2,8 @@
 
 The engine (``zflash.protocol.fastboot``) decides what is valid; this module only moves
 bytes and keeps time: 30 s for each answer, restarted by every INFO/TEXT line, as AOSP's
-client does. On top of single commands it does what the stock client does for a flash:
+client does, but never past ``INFO_EXTENSIONS`` times that for one command (a device that
+only ever says INFO has not answered). On top of single commands it does what the stock client does for a flash:
 slot suffixes from ``has-slot``/``current-slot``, the download limit from
 ``max-download-size`` (or ``-S``), and splitting of large images into complete sparse
 pieces with :func:`zflash.package.sparse.split_sparse`. Memory stays bounded whatever the
@@ -38,6 +39,7 @@ EventSink = Callable[[dict[str, Any]], None]
 DATA_PIECE = 4 << 20  # bytes read from the image and written per call
 READ_SIZE = 1 << 20
 FAIL_GRACE = 1.0  # after a failed write, how long to wait for the device's FAIL reason
+INFO_EXTENSIONS = 10  # INFO/TEXT restart the answer clock, up to this many timeouts in all
 
 
 # ------------------------------------------------------------------------------ links
@@ -56,7 +58,10 @@ class PacketLink:
     def send_data(self, data: bytes | memoryview) -> None:
         self.transport.write(data)
 
-    def receive(self, timeout: float) -> list[tuple[bytes | memoryview, bool]]:
+    def receive(self, timeout: float, max_packet: int | None = None
+                ) -> list[tuple[bytes | memoryview, bool]]:
+        """Packets received within ``timeout``; a TCP message longer than ``max_packet``
+        is refused on its length header (USB reads are bounded by READ_SIZE already)."""
         return [(self.transport.read(READ_SIZE, timeout), True)]
 
 
@@ -90,10 +95,12 @@ class TcpLink(PacketLink):
         """The whole download is one message, as the stock client sends it."""
         self.transport.write(message_header(size))
 
-    def receive(self, timeout: float) -> list[tuple[bytes | memoryview, bool]]:
+    def receive(self, timeout: float, max_packet: int | None = None
+                ) -> list[tuple[bytes | memoryview, bool]]:
         if self._early:
             early, self._early = self._early, []
             return early
+        self.framing.max_message = max_packet
         return self.framing.receive(self.transport.read(READ_SIZE, timeout))
 
 
@@ -179,26 +186,33 @@ class FastbootClient:
         return event.message
 
     def _final(self, what: str) -> HostEvent:
-        """Wait for OKAY/FAIL/DATA; INFO and TEXT are reported and restart the clock."""
-        deadline = time.monotonic() + self.timeout
+        """Wait for OKAY/FAIL/DATA; INFO and TEXT are reported and restart the clock, within
+        an overall bound of ``INFO_EXTENSIONS`` timeouts for the command."""
+        start = time.monotonic()
+        limit = start + self.timeout * INFO_EXTENSIONS
+        deadline = start + self.timeout
         while True:
-            event = self._next_event(what, deadline)
+            event = self._next_event(what, deadline, limit)
             if isinstance(event, (Info, Text)):
                 kind = "info" if isinstance(event, Info) else "text"
                 self.on_event({"event": kind, "message": event.message})
-                deadline = time.monotonic() + self.timeout
+                deadline = min(time.monotonic() + self.timeout, limit)
                 continue
             return event
 
-    def _next_event(self, what: str, deadline: float) -> HostEvent:
+    def _next_event(self, what: str, deadline: float, limit: float | None = None) -> HostEvent:
         while not self._events:
             left = deadline - time.monotonic()
             if left <= 0:
                 self.engine.state = HostState.BROKEN
+                if limit is not None and deadline >= limit:
+                    raise ZflashError(Code.TIMEOUT, f"no answer to {what[:64]!r} within "
+                                      f"{self.timeout * INFO_EXTENSIONS:g} s "
+                                      "(the device only sent INFO/TEXT lines)")
                 raise ZflashError(Code.TIMEOUT, f"no answer to {what[:64]!r} within "
                                                 f"{self.timeout:g} s")
             try:
-                fragments = self.link.receive(left)
+                fragments = self.link.receive(left, self.engine.max_packet)
             except ZflashError as exc:
                 if exc.code == Code.TIMEOUT:
                     continue
@@ -338,7 +352,7 @@ class FastbootClient:
     def _raise_device_reason(self, exc: ZflashError) -> None:
         """A write failed mid data phase: a device that said FAIL first deserves the credit."""
         try:
-            for data, end in self.link.receive(FAIL_GRACE):
+            for data, end in self.link.receive(FAIL_GRACE, self.engine.max_packet):
                 for event in self.engine.receive(data, end):
                     if isinstance(event, Fail):
                         raise ZflashError(Code.DEVICE_REFUSED, f"device stopped the download: "
@@ -349,12 +363,21 @@ class FastbootClient:
         raise exc
 
     def upload(self, out: BinaryIO) -> int:
-        """``upload``: the device's staged data into ``out``; returns the byte count."""
+        """``upload``: the device's staged data into ``out``; returns the byte count.
+
+        What a device stages came through a download, so an upload larger than its own
+        ``max-download-size`` is refused before a byte is written (when it reports one).
+        """
+        limit = self.max_download_size()
         event = self._run("upload")
         if isinstance(event, Fail):
             raise ZflashError(Code.DEVICE_REFUSED, f"upload: {event.message or 'FAIL'}")
         if not isinstance(event, DataRequest):
             raise ZflashError(Code.PROTOCOL, f"device answered upload with {event!r}")
+        if limit is not None and event.size > limit:
+            self.engine.state = HostState.BROKEN
+            raise ZflashError(Code.PROTOCOL, f"device offers an upload of {event.size} bytes, "
+                                             f"more than its max-download-size ({limit})")
         received = 0
         while received < event.size:
             item = self._next_event("upload data", time.monotonic() + self.timeout)
