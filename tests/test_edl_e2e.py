@@ -3,6 +3,8 @@ over the emulated USB bus (real pyusb core) and over a pty as the QDLoader COM v
 
 from __future__ import annotations
 
+import json
+
 import hashlib
 import subprocess
 from pathlib import Path
@@ -273,6 +275,13 @@ def test_cli_emulate_edl_and_flash_over_the_com_pty(tmp_path):
             time.sleep(0.05)
         url = urls.read_text().strip()
         assert url == f"edl+serial://{link}"
+        shown = subprocess.run([*zflash, "info", "-d", url, "--programmer",
+                                str(EDL / "prog_firehose_zx-demo-TEST-ONLY.elf"), "--json"],
+                               capture_output=True, text=True, timeout=120)
+        assert shown.returncode == 0, shown.stderr
+        facts = json.loads(shown.stdout)
+        assert facts["protocol"] == "edl" and facts["current_slot"] == "a"
+        assert {"boot", "system"} <= {p["name"] for p in facts["partitions"]}
         done = subprocess.run([*zflash, "flash", str(GOOD), "-d", url, "--trust",
                                str(SIGNING_PUB), "--programmer",
                                str(EDL / "prog_firehose_zx-demo-TEST-ONLY.elf"), "--json"],

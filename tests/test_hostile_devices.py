@@ -28,14 +28,9 @@ MAX_RSS_MIB = 300.0
 MAX_OUTPUT = 1 << 20  # what a device says is never printed unbounded
 TRUST = ["--trust", str(SIGNING_PUB)]
 
-NO_PROGRESS_DEADLINE = ("the ZDL session has no progress deadline yet: any bytes from the "
-                        "device (garbage, sync markers, ACKs, the start of a frame) reset its "
-                        "silence counter (zflash/targets/zdl/session.py, being fixed "
-                        "separately)")
-COMMIT_NOT_COMPARED = ("zflash/targets/zdl/target.py verify_partition takes the device's "
-                       "COMMIT answer as verified without comparing its sha256 with the "
-                       "manifest's (a missing one is reported as 'verified ... None')")
-
+NO_PROGRESS_DEADLINE = ("ends, coded, only at the ZDL session's 120 s no-progress deadline "
+                        "(keep-alives and a stalled chunked answer are signs of life, not "
+                        "progress: zflash/targets/zdl/session.py), beyond this test's bound")
 
 @dataclass(frozen=True)
 class Case:
@@ -68,7 +63,9 @@ def _floods(*modes: str) -> dict[str, tuple[int, ...]]:
     return {mode: LINK_FAILURE for mode in modes}
 
 
-HANGS = {mode: NO_PROGRESS_DEADLINE for mode in (*FLOODS, "oversized-frame", "huge-data")}
+HANGS = {mode: NO_PROGRESS_DEADLINE for mode in ("keepalive-flood", "chunk-stall")}
+#: end in a coded error at the dead-link deadline (10 s of no valid frame): slow runs only
+DEAD_LINK_MODES = ("garbage", "sync-flood", "oversized-frame", "huge-data")
 
 CASES: list[Case] = [
     *_zdl("info", Identify, {
@@ -82,7 +79,7 @@ CASES: list[Case] = [
     Case("zdl-flash-huge-have", "flash", "huge-have", BeginUpdate, may_succeed=True),
     *_zdl("flash", CommitPartition, {"commit-no-hash": (PROTOCOL, READBACK),
                                       "commit-wrong-hash": (READBACK,)},
-          {"commit-no-hash": COMMIT_NOT_COMPARED, "commit-wrong-hash": COMMIT_NOT_COMPARED}),
+          {}),
     *_zdl("backup", Read, {**_floods("garbage", "sync-flood", "keepalive-flood", "huge-data"),
                            "error-9000": (PROTOCOL,)}, HANGS),
     # a READ whose chunked answer stalls: the host's request timeouts end it (9024, ~16 s)
@@ -143,7 +140,7 @@ def _params() -> list:
             marks.append(pytest.mark.xfail(strict=True, reason=case.xfail))
             if case.xfail == NO_PROGRESS_DEADLINE:
                 marks.append(pytest.mark.slow)  # each waits out the hard timeout today
-        if case.slow:
+        if case.slow or case.mode in DEAD_LINK_MODES:
             marks.append(pytest.mark.slow)
         params.append(pytest.param(case, id=case.name, marks=marks))
     return params

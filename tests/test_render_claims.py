@@ -86,3 +86,15 @@ def test_a_plain_bootloader_says_not_reported(capsys):
     assert "device: zx-demo rev not reported, baseband not reported, serial S1, running " \
            "slot a" in text
     assert "rev ," not in text
+
+
+def test_backup_shows_a_progress_bar() -> None:
+    """`zflash backup` at 115200 took 91 s with no bar (issue 11): it draws one now."""
+    from zflash.cli.render import EventRenderer
+    renderer = EventRenderer(False, progress=True)
+    renderer({"event": "backup_started", "partition": "boot", "slot": "a", "size": 4096})
+    renderer({"event": "bytes_received", "bytes": 1024})
+    renderer({"event": "bytes_received", "bytes": 1024})
+    assert renderer._part is not None
+    assert (renderer._part.total, renderer._part.n) == (4096, 2048)
+    renderer.close()

@@ -236,11 +236,17 @@ def identity_json(identity: Identity, protocol: str, capabilities: Any) -> dict[
 @main.command()
 @device_option
 @link_options
+@click.option("--programmer", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="EDL: the Firehose programmer to load (a device in EDL mode reports its "
+                   "storage and partitions only once one runs).")
 @click.option("--json", "as_json", is_flag=True)
 def info(url: str, baud: int | None, max_data: int, window: int, timeout: float,
-         as_json: bool) -> None:
+         programmer: Path | None, as_json: bool) -> None:
     """Show everything the device reports about itself."""
-    with open_target(url, link_settings(baud, max_data, window, timeout)) as target:
+    link = link_settings(baud, max_data, window, timeout)
+    if programmer is not None:
+        link = replace(link, programmer=str(programmer))
+    with open_target(url, link) as target:
         identity = target.identify()
     if as_json:
         emit_json(identity_json(identity, target.protocol, target.capabilities))

@@ -132,6 +132,18 @@ class EventRenderer:
             if bar is not None:
                 bar.update(e["bytes"])
 
+    def _on_backup_started(self, e: dict[str, Any]) -> None:
+        where = f"{e['partition']}_{e['slot']}" if e.get("slot") else e["partition"]
+        if self.progress:
+            self._part = progress_bar(total=e["size"], unit="B", unit_scale=True,
+                                      unit_divisor=1024, desc=f"reading {where}", leave=False)
+        else:
+            self._note(f"reading {where}: {e['size']} bytes")
+
+    def _on_bytes_received(self, e: dict[str, Any]) -> None:
+        if self._part is not None:
+            self._part.update(e["bytes"])
+
     def _on_done(self, e: dict[str, Any]) -> None:
         self.close()
 

@@ -108,6 +108,17 @@ class DigestRecords:
             return None
         return image, digests
 
+    def holds(self, partition: Path, image_size: int) -> bool:
+        """A valid record of an image of ``image_size`` bytes: the file is exactly as the
+        device wrote and checked it, block by block, at commit."""
+        try:
+            line = self._path(partition).read_bytes().partition(b"\n")[0]
+            info = os.stat(partition)
+            block, image, mtime, length = (int(x) for x in line.split())
+        except (OSError, ValueError):
+            return False
+        return (image, mtime, length) == (image_size, info.st_mtime_ns, info.st_size)
+
     def drop(self, partition: Path) -> None:
         try:
             self._path(partition).unlink()

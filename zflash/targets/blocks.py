@@ -11,7 +11,7 @@ before (a block the device was expected to keep but did not), and never hashes o
 from __future__ import annotations
 
 import threading
-from typing import Iterable, Iterator
+from typing import Container, Iterable, Iterator
 
 from zflash.errors import ZflashError
 from zflash.package.format import KIND_ZERO, BlockEntry, PartitionEntry, block_length
@@ -87,17 +87,16 @@ class PartitionBlocks:
     def _needs_check(self, index: int) -> bool:
         return self.checked is not None and index not in self.checked
 
-    def stored(self, skip: set[int]) -> Iterator[tuple[int, BlockEntry, bytes]]:
-        """(index, table entry, stored bytes) of every block not in ``skip``, in order."""
-        for index, entry, data in self.package.iter_stored(self.part):
-            if index in skip:
-                continue
+    def stored(self, skip: Container[int]) -> Iterator[tuple[int, BlockEntry, bytes]]:
+        """(index, table entry, stored bytes) of every block not in ``skip``, in order; a
+        skipped block is not even read from the package."""
+        for index, entry, data in self.stored_unchecked(skip):
             if self._needs_check(index):
                 decode_block(self.part, index, entry, data)
                 self.checked.add(index)  # type: ignore[union-attr]
             yield index, entry, data
 
-    def raw(self, skip: set[int]) -> Iterator[tuple[int, bytes | memoryview]]:
+    def raw(self, skip: Container[int]) -> Iterator[tuple[int, bytes | memoryview]]:
         """(index, raw bytes) of every block not in ``skip``, decoded once, hashed only if
         not checked before."""
         for index, entry, data in self.stored_unchecked(skip):
@@ -118,10 +117,10 @@ class PartitionBlocks:
             return raw
         return expand_block(self.part, index, entry, data)
 
-    def stored_unchecked(self, skip: set[int]) -> Iterator[tuple[int, BlockEntry, bytes]]:
-        for index, entry, data in self.package.iter_stored(self.part):
+    def stored_unchecked(self, skip: Container[int]) -> Iterator[tuple[int, BlockEntry, bytes]]:
+        for index, entry in enumerate(self.table):
             if index not in skip:
-                yield index, entry, data
+                yield index, entry, read_stored(self.package, self.part, index)
 
     def to_send(self, skip: set[int]) -> list[int]:
         """Indexes of the blocks that carry data and are not in ``skip``."""

@@ -116,7 +116,15 @@ class ZdlTarget(Target):
     def verify_partition(self, index: int, part: PartitionEntry,
                          slot: str | None) -> Verification:
         answer = self.session.request(CommitPartition(index), Ok)
-        return Verification("device", answer.info.get("sha256"))  # type: ignore[attr-defined]
+        digest = answer.info.get("sha256")  # type: ignore[attr-defined]
+        if not isinstance(digest, str) or len(digest) != 64:
+            raise ZflashError(Code.PROTOCOL, f"{part.name}: the device committed without "
+                                             f"reporting the image's sha256 ({digest!r:.80})")
+        if digest != part.sha256:
+            raise ZflashError(Code.READBACK_MISMATCH, f"{part.name}: the device reports sha256 "
+                                                      f"{digest[:16]}..., the package's image "
+                                                      f"is {part.sha256[:16]}...")
+        return Verification("device", digest)
 
     def set_active(self, slot: str) -> None:
         self.session.request(SetActive(slot), Ok)
