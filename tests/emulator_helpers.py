@@ -44,3 +44,17 @@ def image_sha256(version: str, name: str) -> str:
 def partition_prefix_sha256(root: Path, filename: str, size: int) -> str:
     with open(root / "partitions" / filename, "rb") as handle:
         return hashlib.sha256(handle.read(size)).hexdigest()
+
+
+def count_host_hashes(monkeypatch) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
+    """Record every (partition, block) the host hashes against the signed table."""
+    from zflash.targets import blocks as blocks_module
+    hashed: list[tuple[str, int]] = []
+    real = blocks_module.decode_block
+
+    def counting(part, index, entry, stored):  # type: ignore[no-untyped-def]
+        hashed.append((part.name, index))
+        return real(part, index, entry, stored)
+
+    monkeypatch.setattr(blocks_module, "decode_block", counting)
+    return hashed

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SIGNING_KEY, SIGNING_PUB, require_tool
-from emulator_helpers import demo_profile
+from emulator_helpers import count_host_hashes, demo_profile
 from zflash.emulator.fastboot_server import FastbootOptions
 from zflash.emulator.runner import EmulatorRunner
 from zflash.flash import FlashOptions, flash
@@ -20,7 +20,6 @@ from zflash.package import keys as keymod
 from zflash.package.reader import Package
 from zflash.package.sparse import ChunkType
 from zflash.package.writer import PackageInfo, PartitionSource, build_package
-from zflash.targets import blocks as blocks_module
 from zflash.targets.blocks import PartitionBlocks
 from zflash.targets.fastboot.stream import PieceStream, plan_pieces
 
@@ -99,14 +98,7 @@ def test_zero_blocks_are_not_sent(tmp_path: Path, package: Path) -> None:
 
 def test_each_block_is_hashed_once_on_the_host(tmp_path: Path, package: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    hashed: list[tuple[str, int]] = []
-    real = blocks_module.decode_block
-
-    def counting(part, index, entry, stored):  # type: ignore[no-untyped-def]
-        hashed.append((part.name, index))
-        return real(part, index, entry, stored)
-
-    monkeypatch.setattr(blocks_module, "decode_block", counting)
+    hashed = count_host_hashes(monkeypatch)
     with EmulatorRunner(tmp_path / "dev", demo_profile()) as runner:
         url = runner.start_fastboot_tcp(0, FastbootOptions(max_download_size=64 << 10))
         flash(url, package, trust(), FlashOptions(reboot=False, allow_partial=True), lambda e: None)

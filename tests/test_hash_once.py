@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SIGNING_KEY, SIGNING_PUB
-from emulator_helpers import GOOD, demo_profile, snapshot
+from emulator_helpers import GOOD, count_host_hashes, demo_profile, snapshot
 from zflash.emulator import device as device_module
 from zflash.emulator.runner import EmulatorRunner
 from zflash.emulator.storage import PartitionSpec
@@ -20,7 +20,6 @@ from zflash.flash import FlashOptions, flash
 from zflash.package import keys as keymod
 from zflash.package.reader import Package
 from zflash.package.writer import PackageInfo, PartitionSource, build_package
-from zflash.targets import blocks as blocks_module
 
 INFO = PackageInfo(product="zx-demo", hardware_revisions=("A01",), baseband_ids=("ZXB-100",),
                    version="9.9.9", rollback_index=5, rollback_location=0, build_time=0)
@@ -28,18 +27,6 @@ INFO = PackageInfo(product="zx-demo", hardware_revisions=("A01",), baseband_ids=
 
 def trust() -> keymod.TrustStore:
     return keymod.TrustStore.load([SIGNING_PUB], use_default_dir=False)
-
-
-def count_host_hashes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
-    hashed: list[tuple[str, int]] = []
-    real = blocks_module.decode_block
-
-    def counting(part, index, entry, stored):  # type: ignore[no-untyped-def]
-        hashed.append((part.name, index))
-        return real(part, index, entry, stored)
-
-    monkeypatch.setattr(blocks_module, "decode_block", counting)
-    return hashed
 
 
 def data_blocks(package: Path) -> set[tuple[str, int]]:
