@@ -2,14 +2,15 @@
 
 The pipeline (``zflash.flash``) and the device commands talk to a :class:`Target` only. A
 back-end implements the methods its download mode supports and declares the rest in its
-:class:`Capabilities`: a method it does not support raises :class:`NotSupported` (9035)
+:class:`Capabilities`: a method it does not support raises :class:`NotSupported` (9036)
 naming the download mode, never a fake answer. Facts a back-end cannot report go into
 :attr:`Identity.unreported`, and the checks turn each into an *unverifiable* check (9045) by
 one rule for every back-end.
 
-A new download mode writes: ``identify``, ``begin``, ``write_partition``, and whichever of
-``block_hashes``/``keep``, ``verify_partition``, ``set_active``, ``reboot``, ``read``,
-``erase`` it supports, plus ``close`` and its :class:`Capabilities`.
+A new download mode writes: ``connect``, ``identify``, ``begin``, ``write_partition``, and
+whichever of ``start_block_hashes``/``finish_block_hashes``/``keep``, ``verify_partition``,
+``set_active``, ``reboot``, ``read``, ``erase``, ``constraints`` it supports, plus ``close``,
+its :class:`Capabilities`, and one line in ``targets/registry.py``.
 """
 
 from __future__ import annotations
