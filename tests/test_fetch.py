@@ -646,3 +646,30 @@ def test_cli_serve_catalog_build_and_fetch(tmp_path, certs, folder):
         server.wait(timeout=10)
         if server.stdout:
             server.stdout.close()
+
+
+def test_station_latest_fetches_once_for_the_whole_run(tmp_path, certs, folder, serve):
+    """`station --latest`: the catalog's package is chosen and downloaded once, then every
+    device gets it."""
+    from emulator_helpers import demo_profile
+    from zflash.emulator.runner import EmulatorRunner
+    _publish(folder, version=5)
+    server = serve(folder)
+    with EmulatorRunner(tmp_path / "dev1", demo_profile(serial="ZXLATEST1")) as one, \
+            EmulatorRunner(tmp_path / "dev2", demo_profile(serial="ZXLATEST2")) as two:
+        urls = [one.start_tcp(0), two.start_tcp(0)]
+        report = tmp_path / "run.json"
+        args = ["station", "--latest", server.url + "catalog.json", "-d", urls[0], "-d",
+                urls[1], "--once", "--pin", certs["good"].pin, "--ca-file",
+                str(certs["ca"].cert), "--trust", str(SIGNING_PUB), "--report", str(report),
+                "--json"]
+        done = subprocess.run([sys.executable, "-m", "zflash", *args], capture_output=True,
+                              check=False, text=True, env=_cli_env(tmp_path), cwd=REPO,
+                              timeout=180)
+        assert done.returncode == 0, done.stderr[-2000:]
+        for runner in (one, two):
+            facts = runner.device.facts()
+            assert facts.current_slot == "b" and facts.rollback_indexes[0] == 3  # 1.2.0
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [e["event"] for e in events].count("download") == 1  # one download for the run
+    assert len(json.loads(report.read_text())["devices"]) == 2
