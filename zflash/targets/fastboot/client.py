@@ -39,6 +39,7 @@ EventSink = Callable[[dict[str, Any]], None]
 DATA_PIECE = 4 << 20  # bytes read from the image and written per call
 READ_SIZE = 1 << 20
 FAIL_GRACE = 1.0  # after a failed write, how long to wait for the device's FAIL reason
+BUSY_PREFIX = "device busy"  # the FAIL text of a device in another host's session
 INFO_EXTENSIONS = 10  # INFO/TEXT restart the answer clock, up to this many timeouts in all
 
 
@@ -228,6 +229,10 @@ class FastbootClient:
             return self._vars[name]
         event = self._run(f"getvar:{name}")
         value = event.message.strip() if isinstance(event, Okay) else None
+        if isinstance(event, Fail) and event.message.startswith(BUSY_PREFIX):
+            # not "unknown variable": the device is talking to another host (zflash's
+            # emulator says so; a fact read as unknown would turn into a wrong check)
+            raise ZflashError(Code.DEVICE_REFUSED, f"getvar:{name}: {event.message}")
         if not isinstance(event, (Okay, Fail)):
             raise ZflashError(Code.PROTOCOL, f"getvar:{name}: unexpected {event!r}")
         self._vars[name] = value or None
