@@ -17,10 +17,11 @@ import click
 from zflash.cli import main
 from zflash.cli.common import emit_json, load_trust, refuse_existing, trust_options
 from zflash.errors import CAUSES, TABLE, Code, ZflashError, markdown_table, resolve_code
-from zflash.package.format import DEFAULT_BLOCK_SIZE, KIND_NAMES, Manifest
-from zflash.package.names import ALGORITHMS, CODECS, DEFAULT_CODEC, MIN_RSA_BITS
+from zflash.package.names import (ALGORITHMS, CODECS, DEFAULT_BLOCK_SIZE, DEFAULT_CODEC,
+                                  MIN_RSA_BITS)
 
 if TYPE_CHECKING:
+    from zflash.package.format import Manifest
     from zflash.package.edlspec import EdlSpec
     from zflash.package.writer import PartitionSource
 
@@ -271,6 +272,7 @@ def _flat_build_lines(manifest: Manifest) -> list[str]:
 @click.option("--json", "as_json", is_flag=True)
 def inspect(package: Path, as_json: bool) -> None:
     """Summarise a package (structure is checked; the signature is not: use verify)."""
+    from zflash.package.format import KIND_NAMES
     from zflash.package.reader import Package
     with Package(package) as pkg:
         head = pkg.head

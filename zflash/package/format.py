@@ -19,6 +19,7 @@ from typing import Any, overload
 
 from zflash.errors import Code, ZflashError
 from zflash.fields import Fields
+from zflash.package.names import DEFAULT_BLOCK_SIZE  # noqa: F401 (re-exported)
 from zflash.package.edlspec import EdlSpec, edl_from_json
 
 MAGIC = b"ZPKG\r\n\x1a\n"
@@ -37,7 +38,6 @@ MAX_PARTITIONS = 64
 MAX_SIGNATURES = 16
 MIN_BLOCK_SIZE = 8 << 10  # 48-byte entries stay under 1% of the image
 MAX_BLOCK_SIZE = 64 << 10
-DEFAULT_BLOCK_SIZE = 64 << 10
 MAX_IMAGE_SIZE = 1 << 40
 MAX_ROLLBACK_LOCATION = 31
 

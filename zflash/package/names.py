@@ -29,3 +29,6 @@ def default_trust_dir() -> Path:
         return Path(os.environ["ZFLASH_TRUST_DIR"])
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "zflash" / "trusted-keys"
+
+#: the block size `pack` uses unless told (zpk.md; format.py checks the allowed range)
+DEFAULT_BLOCK_SIZE = 64 << 10
