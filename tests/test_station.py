@@ -285,3 +285,38 @@ def test_flash_with_several_devices_is_a_usage_error_naming_station():
                              "tcp://127.0.0.1:9", "-d", "tcp://127.0.0.1:10"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "zflash station" in result.stderr
+
+
+def test_station_allow_partial_onto_fastboot(tmp_path):
+    """A package without every A/B partition: a fastboot job refuses it (9039) unless the
+    station is told --allow-partial (or allow_partial in the station file)."""
+    import json as json_module
+    import os
+    import subprocess
+    import sys
+
+    from conftest import SIGNING_KEY, SIGNING_PUB
+    from emulator_helpers import demo_profile
+    from zflash.emulator.runner import EmulatorRunner
+    from zflash.package import keys as keymod
+    from zflash.package.writer import PackageInfo, PartitionSource, build_package
+    image = tmp_path / "boot.img"
+    image.write_bytes(os.urandom(64 << 10))
+    package = tmp_path / "partial.zpk"
+    build_package(PackageInfo("zx-demo", ("A01",), ("ZXB-100",), "9.9.9", 5, 0, 0),
+                  [PartitionSource("boot", image, True)],
+                  [keymod.load_private_key(SIGNING_KEY)], package)
+    config = tmp_path / "st.toml"
+    config.write_text("allow_partial = true\n")
+    with EmulatorRunner(tmp_path / "dev", demo_profile()) as runner:
+        url = runner.start_fastboot_tcp(0)
+        for extra, code in (([], 9039), (["--allow-partial"], 0), (["--config", str(config)], 0)):
+            report = tmp_path / f"run{len(extra)}.json"
+            done = subprocess.run(
+                [sys.executable, "-m", "zflash", "station", str(package), "-d", url, "--once",
+                 "--trust", str(SIGNING_PUB), "--no-reboot", "--report", str(report), *extra],
+                capture_output=True, text=True, timeout=120,
+                env={**os.environ, "ZFLASH_TRUST_DIR": "/nonexistent"})
+            assert done.returncode == (0 if code == 0 else 60), done.stderr[-1500:]
+            devices = json_module.loads(report.read_text())["devices"]
+            assert [d["code"] for d in devices] == [code], devices

@@ -66,6 +66,9 @@ def _multi(name: str, metavar: str, text: str) -> Any:
               help="Flash although a check cannot be made (each is listed, 9045).")
 @click.option("--skip-host-checks", is_flag=True, default=None,
               help="Send without host checks (ZDL devices enforce every rule themselves).")
+@click.option("--allow-partial", is_flag=True, default=None,
+              help="Fastboot devices: flash a package that does not carry every A/B "
+                   "partition (the new slot keeps what it held for the others).")
 @click.option("--force-boot-failure", is_flag=True, hidden=True)
 @tls_options
 def station(package: Path | None, latest: str | None, trust: tuple[Path, ...],
@@ -77,8 +80,8 @@ def station(package: Path | None, latest: str | None, trust: tuple[Path, ...],
             junit: Path | None, as_json: bool | None, no_reboot: bool | None,
             wipe_userdata: bool | None, no_delta: bool | None,
             accept_unverifiable: bool | None, skip_host_checks: bool | None,
-            force_boot_failure: bool, pins: tuple[str, ...], pin_file: Path | None,
-            pin_only: bool, ca_file: Path | None, cache_dir: Path | None,
+            allow_partial: bool | None, force_boot_failure: bool, pins: tuple[str, ...],
+            pin_file: Path | None, pin_only: bool, ca_file: Path | None, cache_dir: Path | None,
             state_file: Path | None) -> None:
     """Flash every device that shows up (USB ports, serial numbers, tty globs, URLs), in
     parallel, once each; write one log per device and a run report."""
@@ -93,7 +96,8 @@ def station(package: Path | None, latest: str | None, trust: tuple[Path, ...],
         "junit": junit, "json": as_json, "no_reboot": no_reboot,
         "wipe_userdata": wipe_userdata, "no_delta": no_delta,
         "accept_unverifiable": accept_unverifiable, "skip_host_checks": skip_host_checks,
-        "pin": pins, "pin_file": pin_file, "ca_file": ca_file, "cache_dir": cache_dir})
+        "allow_partial": allow_partial, "pin": pins, "pin_file": pin_file, "ca_file": ca_file,
+        "cache_dir": cache_dir})
     sys.exit(run_station(cfg, force_boot_failure, pin_only, state_file))
 
 
@@ -131,7 +135,7 @@ def run_station(cfg: Any, force_boot_failure: bool = False, pin_only: bool = Fal
         skip_host_checks=cfg.skip_host_checks, reboot=not cfg.no_reboot,
         wipe_userdata=cfg.wipe_userdata, delta=not cfg.no_delta,
         force_boot_failure=force_boot_failure, accept_unverifiable=cfg.accept_unverifiable,
-        link=link))
+        allow_partial=cfg.allow_partial, link=link))
     renderer = StationRenderer(mode)
     station_ = Station(discovery, plan, StationOptions(
         watch=cfg.mode == "watch", jobs=cfg.jobs, device_timeout=cfg.device_timeout,

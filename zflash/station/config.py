@@ -59,6 +59,7 @@ class StationConfig:
     no_delta: bool = False
     accept_unverifiable: bool = False
     skip_host_checks: bool = False
+    allow_partial: bool = False
     pin: tuple[str, ...] = ()
     pin_file: Path | None = None
     ca_file: Path | None = None
@@ -81,7 +82,8 @@ _KIND: dict[str, str] = {
     "retries": "count0", "timeout": "seconds", "log_dir": "path", "report": "path",
     "junit": "path", "json": "bool", "no_reboot": "bool", "wipe_userdata": "bool",
     "no_delta": "bool", "accept_unverifiable": "bool", "skip_host_checks": "bool",
-    "pin": "strs", "pin_file": "path", "ca_file": "path", "cache_dir": "path",
+    "allow_partial": "bool", "pin": "strs", "pin_file": "path", "ca_file": "path",
+    "cache_dir": "path",
 }
 _EXPECTED = {"path": "a path (string)", "paths": "a path or a list of paths",
              "str": "a string", "strs": "a string or a list of strings",
