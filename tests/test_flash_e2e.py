@@ -209,7 +209,7 @@ def test_one_percent_corruption_completes_with_retransmissions(emulator, tmp_pat
     assert result.returncode == 0, result.stderr
     summary = done_event(result)
     assert summary["retransmissions"] > 0
-    assert runner._faulty is not None and runner._faulty.corrupted_chunks > 0
+    assert runner.faulty is not None and runner.faulty.corrupted_chunks > 0
     root = runner.storage.root
     for name in ("boot", "system", "vendor"):
         size = (SAMPLES / "images" / "1.1.0" / f"{name}.img").stat().st_size

@@ -147,7 +147,7 @@ def test_one_percent_corruption_over_tcp_does_not_end_at_the_last_commit(emulato
     runner = emulator("tcp", LinkFaults(corrupt_fraction=0.01, seed=3))
     result, _ = zflash("flash", str(GOOD), "-d", runner.urls[0], *TRUST, "--json")
     assert result.returncode == 0, result.stderr
-    assert runner._faulty is not None and runner._faulty.corrupted_chunks > 0
+    assert runner.faulty is not None and runner.faulty.corrupted_chunks > 0
 
 
 def test_five_percent_corruption_over_the_pty_completes(emulator):

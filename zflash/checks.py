@@ -8,13 +8,15 @@ Each function returns every failure it finds, never only the first.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from zflash.errors import Code, ErrorInfo, ZflashError, lookup
 from zflash.facts import DeviceFacts
 from zflash.package.format import Manifest
-from zflash.package.keys import TrustStore
 from zflash.package.reader import PackageHead
+
+if TYPE_CHECKING:
+    from zflash.package.keys import TrustStore  # cryptography: only where it verifies
 
 
 @dataclass(frozen=True)

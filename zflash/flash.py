@@ -16,18 +16,20 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from zflash.checks import Failure, check_all
 from zflash.errors import Code, ZflashError
 from zflash.events import stamping
 from zflash.facts import DeviceFacts
 from zflash.package.format import KIND_ZERO, PartitionEntry
-from zflash.package.keys import TrustStore
 from zflash.package.reader import Package
 from zflash.targets.base import Emit, Identity, LinkOptions, Target, bytes_of
 from zflash.targets.blocks import BlockCheck, BlockSet, PartitionBlocks
 from zflash.targets.registry import open_target
+
+if TYPE_CHECKING:
+    from zflash.package.keys import TrustStore
 
 HASH_BATCH = 65536  # blocks per block-hash request (ZDL's maximum)
 CHECKS = ("signature", "blocks", "compatibility", "rollback", "storage")

@@ -7,7 +7,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,7 +18,9 @@ from zflash.errors import Code, ZflashError
 from zflash.facts import DeviceFacts
 from zflash.fetch.config import (FetchConfig, default_cache_dir, default_pin_file,
                                  default_state_file)
-from zflash.package import keys as keymod
+
+if TYPE_CHECKING:
+    from zflash.package.keys import TrustStore
 
 # The network modules (ssl, http.client, http.server) are imported inside the commands
 # that use them, so that every other zflash command starts without them.
@@ -86,7 +88,7 @@ def tls_options(func: Any) -> Any:
 
 def fetch_config(pins: tuple[str, ...], pin_file: Path | None, pin_only: bool,
                  ca_file: Path | None, cache_dir: Path | None, state_file: Path | None,
-                 timeout: float, trust: keymod.TrustStore, on_event: Any) -> FetchConfig:
+                 timeout: float, trust: "TrustStore", on_event: Any) -> FetchConfig:
     from zflash.fetch.tls import TlsPolicy
     policy = TlsPolicy.build(pins, pin_file, pin_only, ca_file, timeout)
     return FetchConfig(policy=policy, trust=trust, cache_dir=cache_dir or default_cache_dir(),
@@ -188,6 +190,7 @@ def catalog_build(folder: Path, key_paths: tuple[Path, ...], version: int | None
     from zflash.fetch.builder import build_catalog
 
     now = int(time.time())
+    from zflash.package import keys as keymod  # cryptography: only when signing
     keys = [keymod.load_private_key(p) for p in key_paths]
     output = output or folder / "catalog.json"
     result = build_catalog(folder, keys, output, load_trust(trust_files, trust_dir),

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 from zflash.emulator.edl_server import EdlDevice, EdlOptions
-from zflash.emulator.link import DeviceConnection, FaultyLink, PtyLink, ShapedLink
-from zflash.emulator.runner import LinkFaults
+from zflash.emulator.link import PtyLink
+from zflash.emulator.runner import LinkFaults, LinkWrapper
 
 ACCEPT_POLL = 0.1
 
@@ -29,25 +29,12 @@ class EdlPtyServer:
         self.pty = PtyLink(link_path)
         self.url = f"edl+serial://{link_path or self.pty.slave_path}"
         self.stop_event = threading.Event()
-        self._faulty: FaultyLink | None = None
+        self._links = LinkWrapper(self.faults)
         self._thread = threading.Thread(target=self._serve, daemon=True, name="edl-pty")
 
     def start(self) -> "EdlPtyServer":
         self._thread.start()
         return self
-
-    def _wrap(self, conn: DeviceConnection) -> DeviceConnection:
-        f = self.faults
-        if f.bytes_per_second or f.latency:
-            conn = ShapedLink(conn, f.bytes_per_second, f.latency)
-        if f.any_fault:
-            if self._faulty is None:
-                self._faulty = FaultyLink(conn, f.drop_after_bytes, f.corrupt_fraction, f.seed,
-                                          f.stall_after_bytes)
-            else:
-                self._faulty.attach(conn)
-            return self._faulty
-        return conn
 
     def _serve(self) -> None:
         while not self.stop_event.is_set():
@@ -55,7 +42,7 @@ class EdlPtyServer:
             if conn is None:
                 continue
             try:
-                self.device.serve(self._wrap(conn))
+                self.device.serve(self._links.wrap(conn))
             except Exception as exc:  # noqa: BLE001 - a session's end is logged, not fatal
                 self.device.log(f"session ended: {exc}")
             finally:

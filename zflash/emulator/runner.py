@@ -47,6 +47,33 @@ class LinkFaults:
                     or self.corrupt_fraction)
 
 
+class LinkWrapper:
+    """Puts a host connection behind the emulator's shaping (rate or UART pacing, latency)
+    and faults. One FaultyLink lives across connections, so a byte count such as
+    --drop-after counts over the device's whole life, not per session."""
+
+    def __init__(self, faults: LinkFaults) -> None:
+        self.faults = faults
+        #: the fault wrapper, once a connection needed one (its counters are the faults')
+        self.faulty: FaultyLink | None = None
+
+    def wrap(self, conn: DeviceConnection) -> DeviceConnection:
+        f = self.faults
+        rate = f.serial_baud / 10 if f.serial_baud else f.bytes_per_second
+        if rate or f.latency:
+            conn = ShapedLink(conn, rate, f.latency)
+        if f.serial_baud:
+            conn = SerialLine(conn, f.serial_baud, f.baud_switch_fails)
+        if not f.any_fault:
+            return conn
+        if self.faulty is None:
+            self.faulty = FaultyLink(conn, f.drop_after_bytes, f.corrupt_fraction, f.seed,
+                                     f.stall_after_bytes)
+        else:
+            self.faulty.attach(conn)
+        return self.faulty
+
+
 class SerialLine:
     """A UART between host and device: both ends must use the same rate.
 
@@ -131,24 +158,16 @@ class EmulatorRunner:
         self.urls: list[str] = []
         self._threads: list[threading.Thread] = []
         self._closers: list[Callable[[], None]] = []
-        self._faulty: FaultyLink | None = None
+        self._links = LinkWrapper(self.faults)
         self.power_lost = threading.Event()
 
     def _wrap(self, conn: DeviceConnection) -> DeviceConnection:
-        f = self.faults
-        rate = f.serial_baud / 10 if f.serial_baud else f.bytes_per_second
-        if rate or f.latency:
-            conn = ShapedLink(conn, rate, f.latency)
-        if f.serial_baud:
-            conn = SerialLine(conn, f.serial_baud, f.baud_switch_fails)
-        if f.any_fault:
-            if self._faulty is None:
-                self._faulty = FaultyLink(conn, f.drop_after_bytes, f.corrupt_fraction, f.seed,
-                                          f.stall_after_bytes)
-            else:
-                self._faulty.attach(conn)
-            return self._faulty
-        return conn
+        return self._links.wrap(conn)
+
+    @property
+    def faulty(self) -> FaultyLink | None:
+        """The link's fault wrapper (None until a faulty link carried a session)."""
+        return self._links.faulty
 
     def _serve_listener(self, accept: Callable[[float], DeviceConnection | None]) -> None:
         while not self.stop_event.is_set():

@@ -14,7 +14,7 @@ import threading
 from typing import Container, Iterable, Iterator
 
 from zflash.errors import ZflashError
-from zflash.package.format import KIND_ZERO, BlockEntry, PartitionEntry, block_length
+from zflash.package.format import KIND_ZERO, BlockEntry, PartitionEntry
 from zflash.package.reader import Package, decode_block, expand_block
 
 
@@ -90,22 +90,14 @@ class PartitionBlocks:
     def stored(self, skip: Container[int]) -> Iterator[tuple[int, BlockEntry, bytes]]:
         """(index, table entry, stored bytes) of every block not in ``skip``, in order; a
         skipped block is not even read from the package."""
-        for index, entry, data in self.stored_unchecked(skip):
+        for index, entry in enumerate(self.table):
+            if index in skip:
+                continue
+            data = read_stored(self.package, self.part, index)
             if self._needs_check(index):
                 decode_block(self.part, index, entry, data)
                 self.checked.add(index)  # type: ignore[union-attr]
             yield index, entry, data
-
-    def raw(self, skip: Container[int]) -> Iterator[tuple[int, bytes | memoryview]]:
-        """(index, raw bytes) of every block not in ``skip``, decoded once, hashed only if
-        not checked before."""
-        for index, entry, data in self.stored_unchecked(skip):
-            if self._needs_check(index):
-                raw = decode_block(self.part, index, entry, data)
-                self.checked.add(index)  # type: ignore[union-attr]
-            else:
-                raw = expand_block(self.part, index, entry, data)
-            yield index, raw
 
     def raw_at(self, index: int) -> bytes | memoryview:
         """One block's raw bytes by position, hashed only if not checked before."""
@@ -116,19 +108,6 @@ class PartitionBlocks:
             self.checked.add(index)  # type: ignore[union-attr]
             return raw
         return expand_block(self.part, index, entry, data)
-
-    def stored_unchecked(self, skip: Container[int]) -> Iterator[tuple[int, BlockEntry, bytes]]:
-        for index, entry in enumerate(self.table):
-            if index not in skip:
-                yield index, entry, read_stored(self.package, self.part, index)
-
-    def to_send(self, skip: set[int]) -> list[int]:
-        """Indexes of the blocks that carry data and are not in ``skip``."""
-        return [i for i, e in enumerate(self.table) if e.kind != KIND_ZERO and i not in skip]
-
-    def length(self, index: int) -> int:
-        return block_length(self.part, index)
-
 
 class BlockSet:
     """A set of block indexes of one partition as one byte per block: bounded by the
