@@ -55,12 +55,10 @@ def test_socket_url_reads_what_arrived_in_one_call() -> None:
 
 
 @pytest.mark.parametrize("url,expected", [
-    ("rfc2217://10.0.0.5:3001", "rfc2217://10.0.0.5:3001?ign_set_control"),
-    ("rfc2217://h:1?logging=debug", "rfc2217://h:1?logging=debug&ign_set_control"),
-    ("rfc2217://h:1?ign_set_control&timeout=9", "rfc2217://h:1?ign_set_control&timeout=9"),
     ("socket://h:1", "socket://h:1"),
+    ("spy:///dev/ttyUSB0?file=x.txt", "spy:///dev/ttyUSB0?file=x.txt"),
 ])
-def test_rfc2217_gets_ign_set_control_by_default(url: str, expected: str) -> None:
+def test_pass_through_urls_reach_pyserial_unchanged(url: str, expected: str) -> None:
     assert pyserial_target(parse_device_url(url)) == expected
 
 

@@ -101,7 +101,11 @@ GOOD_URLS = [
      {"scheme": "usb", "vid": 0x1209, "pid": 0x0001, "usb_serial": "ABC"}),
     ("usb://1-2.3", {"scheme": "usb", "path": "1-2.3", "vid": None}),
     ("usb://", {"scheme": "usb", "path": "", "vid": None, "pid": None, "usb_serial": None}),
-    ("rfc2217://lab:7000?logging=debug", {"scheme": "rfc2217", "is_passthrough": True}),
+    ("rfc2217://lab:7000", {"scheme": "rfc2217", "host": "lab", "port": 7000, "baud": 115200,
+                            "is_passthrough": False}),
+    ("rfc2217://10.0.0.5:3001?ign_set_control&baud=921600&timeout=2.5",
+     {"scheme": "rfc2217", "baud": 921600,
+      "params": {"ign_set_control": "", "baud": "921600", "timeout": "2.5"}}),
     ("socket://localhost:7777", {"scheme": "socket", "is_passthrough": True}),
     ("spy:///dev/ttyUSB0?file=x.txt", {"scheme": "spy", "is_passthrough": True}),
     ("loop://", {"scheme": "loop", "is_passthrough": True}),
@@ -116,6 +120,9 @@ BAD_URLS = [
     "tcp://127.0.0.1:55x", "tcp://:5554", "tcp://[::1", "tcp://h:1/path", "tcp://h:1?x=1",
     "fastboot+tcp://h:99999", "usb://1209", "usb://12G9:0001", "usb://12345:1",
     "usb://1-", "usb://1209:0001?sn=ABC", "usb://?serial=",
+    "rfc2217://lab", "rfc2217://lab:7000?logging=debug", "rfc2217://lab:7000?timeout=0",
+    "rfc2217://lab:7000?timeout=nan", "rfc2217://lab:7000?timeout=1e9",
+    "rfc2217://lab:7000?ign_set_control=1", "rfc2217://lab:7000?baud=", "rfc2217://lab:1/x",
 ]
 
 

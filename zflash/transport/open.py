@@ -26,6 +26,9 @@ def open_transport(url: str | DeviceUrl, timeout: float = DEFAULT_OPEN_TIMEOUT, 
     if parsed.scheme in ("tcp", "fastboot+tcp"):
         from zflash.transport.tcp import TcpTransport
         return TcpTransport.open(parsed, timeout=timeout, write_timeout=write_timeout)
+    if parsed.scheme == "rfc2217":
+        from zflash.transport.rfc2217 import Rfc2217Transport
+        return Rfc2217Transport.open(parsed, timeout=timeout, write_timeout=write_timeout)
     if parsed.scheme == "usb":
         from zflash.transport.usb import UsbTransport
         return UsbTransport.open(parsed, timeout=timeout, write_timeout=write_timeout)

@@ -11,7 +11,8 @@ Accepted forms::
     tcp://127.0.0.1:5554                fastboot+tcp://HOST[:PORT]   (default port 5554)
     edl+serial:///dev/ttyUSB0  edl+serial://COM5   (Qualcomm EDL over a QDLoader COM port)
     usb://1209:0001?serial=ABC          usb://1-2.3 (bus-port path)   usb:// (any device)
-    rfc2217://...  socket://...  spy://...  loop://   (handed verbatim to pyserial)
+    rfc2217://HOST:PORT[?baud=N]        (a port shared by ser2net: zflash's RFC 2217 client)
+    socket://...  spy://...  loop://     (handed verbatim to pyserial)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ MIN_BAUD = 50
 MAX_BAUD = 20_000_000
 
 #: Schemes whose URLs pyserial's ``serial_for_url`` understands; zflash does not parse them.
-PASSTHROUGH_SCHEMES = frozenset({"rfc2217", "socket", "spy", "loop"})
+PASSTHROUGH_SCHEMES = frozenset({"socket", "spy", "loop"})
 
 #: Query parameters each zflash scheme accepts; anything else is rejected as a likely typo.
 ALLOWED_PARAMS: dict[str, frozenset[str]] = {
@@ -37,13 +38,19 @@ ALLOWED_PARAMS: dict[str, frozenset[str]] = {
     "tcp": frozenset(),
     "fastboot+tcp": frozenset(),
     "usb": frozenset({"serial"}),
+    # ign_set_control / poll_modem: pyserial's options (labgrid writes the first); accepted
+    # so the same URL works, and meaningless to zflash's client (transport/rfc2217.py)
+    "rfc2217": frozenset({"baud", "timeout", "ign_set_control", "poll_modem"}),
 }
+#: Parameters that are flags: given without a value.
+FLAG_PARAMS = frozenset({"ign_set_control", "poll_modem"})
+MAX_NEGOTIATION_TIMEOUT = 600
 
 ACCEPTED_FORMS = ("serial:///dev/ttyUSB0[?baud=N], /dev/tty*, COMn, edl+serial:///dev/ttyX, "
                   "tcp://HOST:PORT, "
                   "fastboot+tcp://HOST[:PORT], usb://[VID:PID][?serial=SN], "
-                  "usb://BUS-PORT[.PORT...], or a pyserial URL (rfc2217://, socket://, "
-                  "spy://, loop://)")
+                  "usb://BUS-PORT[.PORT...], rfc2217://HOST:PORT, or a pyserial URL "
+                  "(socket://, spy://, loop://)")
 
 _COM_RE = re.compile(r"^(?:\\\\\.\\)?COM[0-9]+$", re.IGNORECASE)
 _VIDPID_RE = re.compile(r"^([0-9a-fA-F]{1,4}):([0-9a-fA-F]{1,4})$")
@@ -55,11 +62,11 @@ _DIGITS_RE = re.compile(r"^[0-9]+$")
 class DeviceUrl:
     """A parsed device URL. Only the fields meaningful for ``scheme`` are set."""
 
-    scheme: str  #: serial | edl+serial | tcp | fastboot+tcp | usb | rfc2217 | socket | spy | loop
+    scheme: str  #: serial | edl+serial | tcp | fastboot+tcp | rfc2217 | usb | socket | spy | loop
     raw: str  #: the string as given; pass-through schemes hand this to pyserial unchanged
     path: str = ""  #: serial: the port (/dev/ttyUSB0, COM3); usb: a bus-port path (1-2.3)
-    host: str = ""  #: tcp, fastboot+tcp
-    port: int | None = None  #: tcp, fastboot+tcp
+    host: str = ""  #: tcp, fastboot+tcp, rfc2217
+    port: int | None = None  #: tcp, fastboot+tcp, rfc2217
     vid: int | None = None  #: usb
     pid: int | None = None  #: usb
     params: dict[str, str] = field(default_factory=dict)  #: validated query parameters
@@ -83,11 +90,12 @@ class DeviceUrl:
         """A canonical spelling, used in messages and transport descriptions."""
         if self.is_passthrough:
             return self.raw
-        query = "&".join(f"{k}={quote(v, safe='')}" for k, v in sorted(self.params.items()))
+        query = "&".join(k if k in FLAG_PARAMS else f"{k}={quote(v, safe='')}"
+                         for k, v in sorted(self.params.items()))
         suffix = f"?{query}" if query else ""
         if self.scheme in ("serial", "edl+serial"):
             return f"{self.scheme}://{quote(self.path, safe='/:.-_+@,')}{suffix}"
-        if self.scheme in ("tcp", "fastboot+tcp"):
+        if self.scheme in ("tcp", "fastboot+tcp", "rfc2217"):
             host = f"[{self.host}]" if ":" in self.host else self.host
             return f"{self.scheme}://{host}:{self.port}{suffix}"
         if self.vid is not None and self.pid is not None:
@@ -112,7 +120,7 @@ def parse_device_url(url: str) -> DeviceUrl:
         return DeviceUrl(scheme=scheme, raw=text)
     if scheme in ("serial", "edl+serial"):
         return _parse_serial(url, text, scheme)
-    if scheme in ("tcp", "fastboot+tcp"):
+    if scheme in ("tcp", "fastboot+tcp", "rfc2217"):
         return _parse_tcp(url, text, scheme)
     if scheme == "usb":
         return _parse_usb(url, text)
@@ -147,19 +155,20 @@ def _parse_serial(url: str, text: str, scheme: str = "serial") -> DeviceUrl:
 
 
 def _parse_tcp(url: str, text: str, scheme: str) -> DeviceUrl:
-    """``tcp://HOST:PORT`` (port required) or ``fastboot+tcp://HOST[:PORT]``."""
+    """``tcp://HOST:PORT``, ``rfc2217://HOST:PORT`` (port required) or
+    ``fastboot+tcp://HOST[:PORT]``."""
     parts = _split(url, text)
     if parts.username is not None or parts.password is not None:
-        raise bad_url(url, "user names are not supported in a tcp URL")
+        raise bad_url(url, f"user names are not supported in a {scheme} URL")
     if parts.path not in ("", "/") or parts.fragment:
-        raise bad_url(url, "a tcp URL is just HOST:PORT")
+        raise bad_url(url, f"a {scheme} URL is just HOST:PORT")
     host = parts.hostname or ""
     if not host:
         raise bad_url(url, "no host named")
     port_text = _port_text(parts.netloc)
     if port_text is None:
-        if scheme == "tcp":
-            raise bad_url(url, "a tcp URL needs a port, e.g. tcp://127.0.0.1:5554")
+        if scheme != "fastboot+tcp":
+            raise bad_url(url, f"a {scheme} URL needs a port, e.g. {scheme}://127.0.0.1:5554")
         port = FASTBOOT_TCP_PORT
     else:
         port = _int_in_range(url, port_text, "port", 1, 65535)
@@ -215,13 +224,29 @@ def _parse_query(url: str, query: str, scheme: str) -> dict[str, str]:
             raise bad_url(url, f"unknown parameter {key!r} for {scheme}:// (known: {known})")
         if key in params:
             raise bad_url(url, f"parameter {key!r} given twice")
-        if value == "":
+        if key in FLAG_PARAMS:
+            if value:
+                raise bad_url(url, f"parameter {key!r} is a flag and takes no value")
+        elif value == "":
             raise bad_url(url, f"parameter {key!r} has no value")
         params[key] = value
     if "baud" in params:
         params["baud"] = str(_int_in_range(url, params["baud"], "baud rate",
                                            MIN_BAUD, MAX_BAUD))
+    if "timeout" in params:
+        params["timeout"] = str(_seconds(url, params["timeout"]))
     return params
+
+
+def _seconds(url: str, text: str) -> float:
+    """A positive number of seconds, at most MAX_NEGOTIATION_TIMEOUT."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise bad_url(url, f"timeout {text!r} is not a number of seconds") from None
+    if not 0 < value <= MAX_NEGOTIATION_TIMEOUT:  # also refuses nan and inf
+        raise bad_url(url, f"timeout {text} is out of range (0, {MAX_NEGOTIATION_TIMEOUT}]")
+    return value
 
 
 def _int_in_range(url: str, text: str, what: str, low: int, high: int) -> int:
