@@ -108,23 +108,24 @@ Reader = Callable[[int, int], bytes]  # (first LBA, sector count) -> bytes
 def read_gpt(read: Reader, num_sectors: int, sector_size: int) -> Gpt:
     """The table via ``read``: the primary copy, or the backup when the primary is damaged.
 
-    ``damaged`` names a copy that failed its checks, so a caller can repair it. Neither
-    copy valid is BAD_GPT (9047).
+    ``damaged`` names a copy that failed its checks, or a valid backup that disagrees with
+    the valid primary (a rewrite interrupted between the two copies: the primary, which the
+    boot loader reads, wins), so a caller can repair it. Neither copy valid is BAD_GPT (9047).
     """
     damaged: list[str] = []
-    found: Gpt | None = None
+    copies: list[Gpt] = []
     errors = []
     for name, lba in (("primary", 1), ("backup", num_sectors - 1)):
         try:
-            gpt = _read_copy(read, lba, num_sectors, sector_size)
+            copies.append(_read_copy(read, lba, num_sectors, sector_size))
         except ZflashError as err:
             damaged.append(name)
             errors.append(f"{name}: {err.detail}")
-            continue
-        found = found or gpt
-    if found is None:
+    if not copies:
         raise _bad("no valid GPT: " + "; ".join(errors))
-    return replace(found, damaged=tuple(damaged))
+    if len(copies) == 2 and copies[0] != copies[1]:
+        damaged.append("backup")
+    return replace(copies[0], damaged=tuple(damaged))
 
 
 def parse_disk(image: bytes | bytearray | memoryview, sector_size: int) -> Gpt:

@@ -29,7 +29,7 @@ from zflash.protocol.firehose.events import (
 )
 from zflash.protocol.firehose.expressions import patch_value, sector_value
 from zflash.protocol.firehose.host import HostEngine, HostState, pad_to_sector, storage_info
-from zflash.protocol.firehose.programmer import SUPPORTED, Programmer
+from zflash.protocol.firehose.programmer import SUPPORTED, Programmer, WriteStep
 from zflash.protocol.firehose.storage import MemoryStorage, Storage
 from zflash.protocol.firehose.xmlwire import Element, XmlSplitter, encode_document, parse_document
 
@@ -37,7 +37,7 @@ __all__ = [
     "DEFAULT_PAYLOAD", "DEVICE_MAX_XML", "MAX_DOCUMENT", "NEED_DATA", "QUIET_PERIOD",
     "SUPPORTED", "TIMEOUTS", "ZLP_SPELLINGS",
     "Command", "DeviceEngine", "DeviceState", "Element", "HostEngine", "HostState", "Log",
-    "Malformed", "MemoryStorage", "NeedData", "ProgramData", "ProgramDone", "Programmer",
+    "Malformed", "MemoryStorage", "NeedData", "ProgramData", "ProgramDone", "Programmer", "WriteStep",
     "ReadData", "Response", "Result", "Storage", "XmlSplitter",
     "encode_document", "pad_to_sector", "parse_document", "patch_value", "sector_value",
     "storage_info",
