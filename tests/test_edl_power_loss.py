@@ -273,3 +273,78 @@ def test_power_loss_step_typo_is_a_usage_error(tmp_path):
                     "--power-loss", "gpt-middle")
     assert result.returncode == 2 and "error 9002" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _xml(tag: str, **attrs: object) -> bytes:
+    body = " ".join(f'{k}="{v}"' for k, v in attrs.items())
+    return f'<?xml version="1.0" ?><data><{tag} {body} /></data>'.encode()
+
+
+def test_power_loss_during_a_patch_leaves_the_sector_as_it_was(tmp_path):
+    """``patch:2``: the first patch lands, the second dies before its sector is written and
+    sends no answer; the next boot of the emulator finds the sector as the first left it."""
+    from zflash.emulator.edl_power import PowerLoss
+    from zflash.protocol.firehose import Programmer
+    device = EdlDevice(tmp_path / "edl")
+    storage = LunFiles(device.root, 4096)
+    try:
+        programmer = Programmer(storage)
+        programmer.on_step = PowerCut("patch:2", on_power_loss=lambda: None).observer(storage)
+        programmer.receive_data(_xml("configure", MemoryName="ufs"))
+        list(programmer.data_to_send())
+        patch = {"SECTOR_SIZE_IN_BYTES": 4096, "filename": "DISK",
+                 "physical_partition_number": 1, "start_sector": 80, "size_in_bytes": 4}
+        programmer.receive_data(_xml("patch", byte_offset=8, value=0x11223344, **patch))
+        assert any(b"ACK" in p for p in programmer.data_to_send())
+        first = storage.read(1, 80, 1)
+        assert first[8:12] == (0x11223344).to_bytes(4, "little")
+        programmer.receive_data(_xml("patch", byte_offset=16, value="CRC32(80,12)", **patch))
+        sent: list[bytes] = []
+        with pytest.raises(PowerLoss):
+            sent.extend(programmer.data_to_send())
+        assert sent == [] and storage.read(1, 80, 1) == first
+    finally:
+        storage.close()
+
+
+def test_power_loss_over_usb_then_replug_and_rerun(tmp_path, monkeypatch):
+    """The in-process emulated USB bus: the device drops off the bus at the loss between
+    the GPT copies; plugged in again it is in EDL, and the rerun repairs and completes."""
+    import test_edl_e2e as e2e
+    from zflash.emulator.usb_backend import EmulatedUsbBackend
+    from zflash.errors import Code, ZflashError
+    from zflash.flash import FlashOptions, flash
+    device = EdlDevice(tmp_path / "edl",
+                       power=PowerCut("gpt-primary:1", on_power_loss=lambda: None))
+    usb = e2e.usb_device(device)
+    e2e._BUS = EmulatedUsbBackend([usb])
+    monkeypatch.setenv("ZFLASH_USB_BACKEND", "test_edl_e2e:backend")
+    try:
+        with pytest.raises(ZflashError) as err:
+            flash(e2e.USB_URL, GOOD, e2e.trust(), FlashOptions(), lambda e: None)
+        assert err.value.code in (Code.LINK_LOST, Code.TIMEOUT)
+        assert device.power_lost.is_set() and not usb.present
+        assert parse_disk((device.root / "lun0.img").read_bytes(), 4096).damaged == ("backup",)
+        usb.plug()
+        summary = flash(e2e.USB_URL, GOOD, e2e.trust(), FlashOptions(), lambda e: None)
+        assert summary.slot == "b" and summary.kept_blocks > 0
+        e2e.assert_flashed_and_booted(device, sessions=2)
+        stock_check(device.root, 4096)
+    finally:
+        e2e._BUS.shutdown()
+        e2e._BUS = None
+
+
+def test_running_slot_is_the_proven_one_when_the_active_slot_never_booted():
+    from zflash.disk.gpt import mark_slot, new_gpt, switch_slot
+    from zflash.targets.edl.layout import running_slot
+    gpt = new_gpt(1024, 4096, [("boot_a", 8), ("boot_b", 8)])
+    assert running_slot(gpt) is None  # no slot bits at all
+    proven_a = mark_slot(switch_slot(gpt, "a"), "a", successful=True)
+    assert running_slot(proven_a) == "a"
+    pending_b = switch_slot(proven_a, "b")  # switched, never booted
+    assert running_slot(pending_b) == "a"
+    assert running_slot(mark_slot(pending_b, "b", successful=True)) == "b"
+    failed_b = mark_slot(pending_b, "b", unbootable=True)
+    assert running_slot(failed_b) == "a"
+    assert running_slot(switch_slot(gpt, "b")) == "b"  # nothing proven: the active one
