@@ -23,6 +23,7 @@ HEADER_SIZE = 92
 ENTRY_SIZE = 128
 DEFAULT_ENTRIES = 128
 MAX_ENTRIES = 1024  # a header claiming more is refused, not read
+MAX_ENTRY_SIZE = 1024  # likewise (UEFI: 128 * 2^n; every real table uses 128): <= 1 MiB read
 
 _HEADER = struct.Struct("<8sIIIIQQQQ16sQIII")
 _ENTRY = struct.Struct("<16s16sQQQ72s")
@@ -153,7 +154,8 @@ def _read_copy(read: Reader, lba: int, num_sectors: int, sector_size: int) -> Gp
         raise _bad(f"header CRC mismatch at LBA {lba}")
     if current != lba:
         raise _bad(f"header at LBA {lba} says it is at {current}")
-    if entry_size < ENTRY_SIZE or entry_size % 8 or not 0 < num_entries <= MAX_ENTRIES:
+    if not ENTRY_SIZE <= entry_size <= MAX_ENTRY_SIZE or entry_size % 8 or \
+            not 0 < num_entries <= MAX_ENTRIES:
         raise _bad(f"entry array of {num_entries} x {entry_size} bytes")
     array_sectors = -(-num_entries * entry_size // sector_size)
     if not (first_usable <= last_usable < num_sectors and

@@ -99,7 +99,7 @@ class EdlDevice:
         """One session: Sahara, then Firehose until the host resets the device or leaves."""
         with self.lock:
             self.sessions += 1
-            storage = LunFiles(self.root, self.profile.sector_size)
+            storage = self.open_storage()
             try:
                 _Session(self, link, storage).run()
             except HostDisconnected:
@@ -113,6 +113,10 @@ class EdlDevice:
                 with self.ended:
                     self.sessions_ended += 1
                     self.ended.notify_all()
+
+    def open_storage(self) -> LunFiles:
+        """The LUN files for one session (a test's fake device may wrap them)."""
+        return LunFiles(self.root, self.profile.sector_size)
 
     def wait_sessions(self, count: int, timeout: float = 10.0) -> bool:
         """Wait until ``count`` sessions have ended (a test waiting for the boot)."""

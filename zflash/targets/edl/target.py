@@ -58,6 +58,7 @@ class EdlTarget(Target):
         self._package: Package | None = None
         self._slot: str | None = None
         self._hash_request: tuple[PartitionEntry, str | None, int, int] | None = None
+        self.gpt_errors: list[str] = []  # why a LUN's GPT could not be read
 
     # ------------------------------------------------------------ connecting
     def connect(self) -> None:
@@ -127,6 +128,7 @@ class EdlTarget(Target):
             except ZflashError as exc:
                 if exc.code != Code.BAD_GPT:
                     raise
+                self.gpt_errors.append(f"LUN {lun}: {exc.detail}")
                 tables.append(None)
         return DiskLayout(sector, tuple(tables))
 
@@ -142,6 +144,10 @@ class EdlTarget(Target):
         if self.layout is None:
             self.layout = self._read_layout(fh)
         layout = self.layout
+        if manifest is not None and all(table is None for table in layout.tables):
+            # nothing to write into: say so, rather than every partition and fact missing
+            raise ZflashError(Code.BAD_GPT, "no LUN has a valid GPT: "
+                                            + "; ".join(self.gpt_errors))
         unreported: dict[str, str] = {}
         slots, current = layout.slots()
         edl = manifest.edl if manifest else None
