@@ -37,8 +37,8 @@ __all__ = [
     "DEFAULT_PAYLOAD", "DEVICE_MAX_XML", "MAX_DOCUMENT", "NEED_DATA", "QUIET_PERIOD",
     "SUPPORTED", "TIMEOUTS", "ZLP_SPELLINGS",
     "Command", "DeviceEngine", "DeviceState", "Element", "HostEngine", "HostState", "Log",
-    "Malformed", "MemoryStorage", "NeedData", "ProgramData", "ProgramDone", "Programmer", "WriteStep",
-    "ReadData", "Response", "Result", "Storage", "XmlSplitter",
+    "Malformed", "MemoryStorage", "NeedData", "ProgramData", "ProgramDone", "Programmer",
+    "ReadData", "Response", "Result", "Storage", "WriteStep", "XmlSplitter",
     "encode_document", "pad_to_sector", "parse_document", "patch_value", "sector_value",
     "storage_info",
 ]

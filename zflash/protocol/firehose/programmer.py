@@ -236,10 +236,9 @@ class Programmer:
         self._partial += data
         whole = len(self._partial) // size
         if whole:
-            chunk = memoryview(self._partial)[:whole * size]
-            self.on_step(WriteStep("program", lun, start, whole, chunk))
-            self.storage.write(lun, start, chunk)
-            chunk.release()
+            with memoryview(self._partial) as view, view[:whole * size] as chunk:
+                self.on_step(WriteStep("program", lun, start, whole, chunk))
+                self.storage.write(lun, start, chunk)
             del self._partial[:whole * size]
             self._program = (lun, start + whole, left - whole)
 
