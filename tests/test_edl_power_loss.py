@@ -307,24 +307,29 @@ def test_power_loss_during_a_patch_leaves_the_sector_as_it_was(tmp_path):
         storage.close()
 
 
-def test_power_loss_over_usb_then_replug_and_rerun(tmp_path, monkeypatch):
-    """The in-process emulated USB bus: the device drops off the bus at the loss between
-    the GPT copies; plugged in again it is in EDL, and the rerun repairs and completes."""
+@pytest.mark.parametrize("step", ["program:60", "gpt-primary:1", "gpt-backup:1", "reset:1"])
+def test_power_loss_over_usb_then_replug_and_rerun(tmp_path, monkeypatch, step):
+    """The in-process emulated USB bus: the device drops off the bus at the loss; plugged
+    in again it is in EDL, and the rerun (repairing the GPT where needed) completes."""
     import test_edl_e2e as e2e
     from zflash.emulator.usb_backend import EmulatedUsbBackend
     from zflash.errors import Code, ZflashError
     from zflash.flash import FlashOptions, flash
-    device = EdlDevice(tmp_path / "edl",
-                       power=PowerCut("gpt-primary:1", on_power_loss=lambda: None))
+    device = EdlDevice(tmp_path / "edl", power=PowerCut(step, on_power_loss=lambda: None))
     usb = e2e.usb_device(device)
     e2e._BUS = EmulatedUsbBackend([usb])
     monkeypatch.setenv("ZFLASH_USB_BACKEND", "test_edl_e2e:backend")
     try:
-        with pytest.raises(ZflashError) as err:
+        if step.startswith("reset"):  # the host cannot tell this loss from the reset
             flash(e2e.USB_URL, GOOD, e2e.trust(), FlashOptions(), lambda e: None)
-        assert err.value.code in (Code.LINK_LOST, Code.TIMEOUT)
-        assert device.power_lost.is_set() and not usb.present
-        assert parse_disk((device.root / "lun0.img").read_bytes(), 4096).damaged == ("backup",)
+        else:
+            with pytest.raises(ZflashError) as err:
+                flash(e2e.USB_URL, GOOD, e2e.trust(), FlashOptions(), lambda e: None)
+            assert err.value.code in (Code.LINK_LOST, Code.TIMEOUT)
+        assert device.power_lost.wait(5) and not usb.present and device.boots == []
+        gpt = parse_disk((device.root / "lun0.img").read_bytes(), 4096)
+        assert gpt.damaged == (("backup",) if step == "gpt-primary:1" else ())
+        assert slot_state(gpt)["b"].active == (step != "program:60")
         usb.plug()
         summary = flash(e2e.USB_URL, GOOD, e2e.trust(), FlashOptions(), lambda e: None)
         assert summary.slot == "b" and summary.kept_blocks > 0
