@@ -456,6 +456,9 @@ EDL_MODES = {
     "hello-huge-length": "Sahara HELLO whose length word says 4 GiB",
     "read-past-end": "READ_DATA for bytes far past the end of the programmer",
     "read-huge": "READ_DATA for 4 GiB from offset 0",
+    "read64-huge": "READ_DATA_64 for 2^63 bytes from offset 0",
+    "exec-huge": "EXECUTE_RESP announcing 4 GiB of command-mode reply",
+    "storageinfo-huge": "getstorageinfo claiming 2^62 blocks per LUN",
     "garbage": "random bytes, for good, instead of the answer to <configure>",
     "log-flood": "endless <log> lines instead of the answer to <configure>",
     "log-trickle": "a <log> line every 50 ms, for good, instead of the answer to <configure>",
@@ -467,7 +470,7 @@ EDL_MODES = {
     "gpt-absurd-count": "GPT headers (valid CRC) claiming 2^32-1 partition entries",
     "gpt-absurd-entry-size": "GPT headers (valid CRC) claiming 64 KiB entries",
 }
-_SAHARA_HELLO, _SAHARA_READ_DATA = 1, 3
+_SAHARA_HELLO, _SAHARA_READ_DATA, _SAHARA_EXECUTE_RESP, _SAHARA_READ_DATA_64 = 1, 3, 0x0E, 0x12
 
 
 class HostileEdl:
@@ -544,8 +547,10 @@ class _EdlLiar:
         if self.silent:
             return
         mode = self.mode
-        if mode.startswith(("hello-", "read-")) and len(data) >= 8:
+        if mode.startswith(("hello-", "read", "exec-")) and len(data) >= 8:
             data = self._sahara(data)
+        elif mode == "storageinfo-huge" and b'"total_blocks":' in data:
+            data = re.sub(rb'"total_blocks":\d+', b'"total_blocks":%d' % (1 << 62), data)
         elif self.last == "configure" and b"<response" in data and mode in (
                 "garbage", "log-flood", "log-trickle", "huge-xml"):
             self._flood()
@@ -574,13 +579,20 @@ class _EdlLiar:
             else:
                 struct.pack_into("<I", packet, 4, 0xFFFFFFFF)
             return bytes(packet)
-        if cmd == _SAHARA_READ_DATA and self.mode.startswith("read-"):
+        if cmd == _SAHARA_READ_DATA and self.mode.startswith("read"):
             self.read_requests += 1
             if self.read_requests == 2:  # after the honest header read: a lie
-                image_id, offset, size = struct.unpack_from("<III", data, 8)
+                image_id = struct.unpack_from("<I", data, 8)[0]
+                if self.mode == "read64-huge":
+                    return struct.pack("<IIQQQ", _SAHARA_READ_DATA_64, 0x20, image_id, 0,
+                                       1 << 63)
                 offset, size = (0x7FFFFF00, 0x100) if self.mode == "read-past-end" \
                     else (0, 0xFFFFFFFF)
                 return struct.pack("<IIIII", cmd, length, image_id, offset, size)
+        if cmd == _SAHARA_EXECUTE_RESP and self.mode == "exec-huge":
+            packet = bytearray(data)
+            struct.pack_into("<I", packet, 12, 0xFFFFFFFF)  # after the client command id
+            return bytes(packet)
         return data
 
     def _nak(self, data: bytes) -> bytes:

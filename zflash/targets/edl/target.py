@@ -35,6 +35,7 @@ from zflash.transport.base import Transport
 
 MEMORIES = ("ufs", "emmc")  # tried in this order; a programmer NAKs the one it does not drive
 MAX_LUNS = 8
+MAX_LUN_BYTES = 1 << 50  # 1 PiB: a LUN claiming more is a lie (the largest UFS is ~1 TB)
 COPY_BYTES = 1 << 20  # one <read> / <program> pair when completing a slot
 
 
@@ -121,6 +122,9 @@ class EdlTarget(Target):
             total = _int(lun_info, "total_blocks")
             if not total:
                 raise ZflashError(Code.PROTOCOL, f"getstorageinfo of LUN {lun}: no total_blocks")
+            if total < 0 or total * sector > MAX_LUN_BYTES:
+                raise ZflashError(Code.PROTOCOL, f"getstorageinfo of LUN {lun}: {total} blocks "
+                                                 f"of {sector} bytes is not a real disk")
             self.lun_sectors.append(total)
             try:
                 tables.append(read_gpt(lambda first, n, lun=lun: self._read(lun, first, n),
