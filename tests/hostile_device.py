@@ -11,9 +11,11 @@ only one whose time and memory are measured (``run_cli``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+import re
 import select
 import socket
 import struct
@@ -444,3 +446,214 @@ def emulated_facts(root: Path) -> DeviceFacts:
     from zflash.emulator.device import EmulatedDevice
     from zflash.emulator.storage import Storage
     return EmulatedDevice(Storage.create(root, demo_profile())).facts()
+
+
+# ------------------------------------------------------------------------------ EDL
+#: what the fake EDL device does, and when (the host command it waits for; None: Sahara)
+EDL_MODES = {
+    "hello-absurd-version": "Sahara HELLO claiming version and compatible 0xFFFFFFFF",
+    "hello-huge-max-cmd": "Sahara HELLO claiming a 4 GiB command packet limit",
+    "hello-huge-length": "Sahara HELLO whose length word says 4 GiB",
+    "read-past-end": "READ_DATA for bytes far past the end of the programmer",
+    "read-huge": "READ_DATA for 4 GiB from offset 0",
+    "read64-huge": "READ_DATA_64 for 2^63 bytes from offset 0",
+    "exec-huge": "EXECUTE_RESP announcing 4 GiB of command-mode reply",
+    "storageinfo-huge": "getstorageinfo claiming 2^62 blocks per LUN",
+    "garbage": "random bytes, for good, instead of the answer to <configure>",
+    "log-flood": "endless <log> lines instead of the answer to <configure>",
+    "log-trickle": "a <log> line every 50 ms, for good, instead of the answer to <configure>",
+    "huge-xml": "an XML response of many MiB, never closed, to <configure>",
+    "configure-nak": "every <configure> NAKed with the payload the host asked for",
+    "configure-nak-shrinking": "every <configure> NAKed, each time asking for a smaller payload",
+    "rawmode-no-final": "the first <program>: rawmode ACK, data taken, never the final ACK",
+    "digest-wrong": "every getsha256digest answered with a wrong digest",
+    "gpt-absurd-count": "GPT headers (valid CRC) claiming 2^32-1 partition entries",
+    "gpt-absurd-entry-size": "GPT headers (valid CRC) claiming 64 KiB entries",
+}
+_SAHARA_HELLO, _SAHARA_READ_DATA, _SAHARA_EXECUTE_RESP, _SAHARA_READ_DATA_64 = 1, 3, 0x0E, 0x12
+
+
+class HostileEdl:
+    """A fake Qualcomm EDL device on a pty (the QDLoader COM variant, which is how the EDL
+    back-end opens a URL other than USB): the real emulated device (Sahara ``DeviceEngine``,
+    the Firehose ``Programmer`` over real LUN files), honest until the mode's point, then
+    one lie or misbehaviour for good (``EDL_MODES``)."""
+
+    def __init__(self, mode: str, root: Path) -> None:
+        from zflash.emulator.edl_server import EdlDevice, EdlOptions
+        from zflash.emulator.link import PtyLink
+        if mode not in EDL_MODES and mode != "honest":
+            raise ValueError(mode)
+        self.mode = mode
+        self.device = EdlDevice(root / "edl", options=EdlOptions(com_variant=True))
+        if mode.startswith("gpt-"):
+            original = self.device.open_storage
+            self.device.open_storage = lambda: _LyingGpt(original(), mode)  # type: ignore
+        self.pty = PtyLink(str(root / "ttyEDL"), write_timeout=5.0)
+        self.url = f"edl+serial://{root / 'ttyEDL'}"
+        self.stop_event = threading.Event()
+        self.seen: list[str] = []  # Firehose command tags the host sent
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> "HostileEdl":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        self._thread.join(timeout=10)
+        self.pty.close()
+
+    def _serve(self) -> None:
+        while not self.stop_event.is_set():
+            conn = self.pty.accept(0.1)
+            if conn is None:
+                continue
+            try:
+                self.device.serve(_EdlLiar(conn, self))
+            except Exception:  # noqa: BLE001 - the host hung up or refused: the point
+                pass
+            finally:
+                conn.close()
+
+
+class _EdlLiar:
+    """The device side of one session: passes the honest device's bytes on, except where
+    the mode says otherwise; from then on it may flood or go silent for good."""
+
+    def __init__(self, inner: Any, fake: HostileEdl) -> None:
+        self.inner, self.fake, self.mode = inner, fake, fake.mode
+        self.last: str | None = None  # the host's latest Firehose command tag
+        self.silent = False
+        self.read_requests = 0
+        self.naks = 0
+
+    @property
+    def alive(self) -> bool:
+        return bool(self.inner.alive)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        data = self.inner.read(max_bytes, timeout)
+        for match in re.finditer(rb"<data>\s*<([A-Za-z0-9_]+)", data):
+            self.last = match.group(1).decode()
+            self.fake.seen.append(self.last)
+        return data
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        data = bytes(data)
+        if self.silent:
+            return
+        mode = self.mode
+        if mode.startswith(("hello-", "read", "exec-")) and len(data) >= 8:
+            data = self._sahara(data)
+        elif mode == "storageinfo-huge" and b'"total_blocks":' in data:
+            data = re.sub(rb'"total_blocks":\d+', b'"total_blocks":%d' % (1 << 62), data)
+        elif self.last == "configure" and b"<response" in data and mode in (
+                "garbage", "log-flood", "log-trickle", "huge-xml"):
+            self._flood()
+            return
+        elif mode.startswith("configure-nak") and self.last == "configure" \
+                and b"<response" in data:
+            data = self._nak(data)
+        elif mode == "rawmode-no-final" and self.last == "program" and \
+                b'rawmode="false"' in data:
+            self.silent = True  # take the data, never answer again
+            return
+        elif mode == "digest-wrong" and b"Digest " in data:
+            data = re.sub(rb"Digest ([0-9a-f]{64})",
+                          lambda m: b"Digest " + hashlib.sha256(m.group(1)).hexdigest().encode(),
+                          data)
+        self.inner.write(data)
+
+    def _sahara(self, data: bytes) -> bytes:
+        cmd, length = struct.unpack_from("<II", data)
+        if cmd == _SAHARA_HELLO and self.mode.startswith("hello-"):
+            packet = bytearray(data)
+            if self.mode == "hello-absurd-version":
+                struct.pack_into("<II", packet, 8, 0xFFFFFFFF, 0xFFFFFFFF)
+            elif self.mode == "hello-huge-max-cmd":
+                struct.pack_into("<I", packet, 16, 0xFFFFFFFF)
+            else:
+                struct.pack_into("<I", packet, 4, 0xFFFFFFFF)
+            return bytes(packet)
+        if cmd == _SAHARA_READ_DATA and self.mode.startswith("read"):
+            self.read_requests += 1
+            if self.read_requests == 2:  # after the honest header read: a lie
+                image_id = struct.unpack_from("<I", data, 8)[0]
+                if self.mode == "read64-huge":
+                    return struct.pack("<IIQQQ", _SAHARA_READ_DATA_64, 0x20, image_id, 0,
+                                       1 << 63)
+                offset, size = (0x7FFFFF00, 0x100) if self.mode == "read-past-end" \
+                    else (0, 0xFFFFFFFF)
+                return struct.pack("<IIIII", cmd, length, image_id, offset, size)
+        if cmd == _SAHARA_EXECUTE_RESP and self.mode == "exec-huge":
+            packet = bytearray(data)
+            struct.pack_into("<I", packet, 12, 0xFFFFFFFF)  # after the client command id
+            return bytes(packet)
+        return data
+
+    def _nak(self, data: bytes) -> bytes:
+        self.naks += 1
+        data = data.replace(b'value="ACK"', b'value="NAK"')
+        if self.mode == "configure-nak-shrinking":
+            payload = max(4096, (1 << 20) >> self.naks)
+            data = re.sub(rb'MaxPayloadSizeToTargetInBytes="\d+"',
+                          f'MaxPayloadSizeToTargetInBytes="{payload}"'.encode(), data)
+        return data
+
+    def _flood(self) -> None:
+        """Until the host hangs up (or stops reading: the pty's write timeout)."""
+        rng = random.Random(13)
+        if self.mode == "huge-xml":
+            self.inner.write(b'<?xml version="1.0" encoding="UTF-8" ?><data><response '
+                             b'value="ACK" MemoryName="ufs" Comment="')
+        while not self.fake.stop_event.is_set():
+            if self.mode == "garbage":
+                piece = rng.randbytes(FLOOD_PIECE)
+            elif self.mode == "huge-xml":
+                piece = b"A" * FLOOD_PIECE
+            else:
+                piece = b'<?xml version="1.0" encoding="UTF-8" ?><data><log value="' \
+                        b'INFO: still working" /></data>'
+                if self.mode == "log-trickle":
+                    time.sleep(0.05)
+                else:
+                    piece *= 256
+            self.inner.write(piece)
+
+
+class _LyingGpt:
+    """LUN files whose GPT header sectors (LBA 1 and the last LBA of each LUN) read as a
+    header with valid CRC but absurd entry counts or sizes."""
+
+    def __init__(self, inner: Any, mode: str) -> None:
+        self.inner, self.mode = inner, mode
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def read(self, lun: int, start: int, count: int) -> bytes:
+        data = bytearray(self.inner.read(lun, start, count))
+        size = self.inner.sector_size
+        last = self.inner.num_sectors(lun) - 1
+        for lba in (1, last):
+            if start <= lba < start + count:
+                at = (lba - start) * size
+                data[at:at + size] = self._header(bytes(data[at:at + size]))
+        return bytes(data)
+
+    def _header(self, sector: bytes) -> bytes:
+        import zlib
+        header = bytearray(sector)
+        if header[:8] != b"EFI PART":
+            return sector
+        if self.mode == "gpt-absurd-count":
+            struct.pack_into("<I", header, 80, 0xFFFFFFFF)
+        else:
+            struct.pack_into("<II", header, 80, 16, 1 << 16)
+        header[16:20] = bytes(4)
+        struct.pack_into("<I", header, 16, zlib.crc32(bytes(header[:92])))
+        return bytes(header)

@@ -84,7 +84,8 @@ def link_settings(baud: int | None, max_data: int, window: int,
 @click.option("--baud-switch-fails", is_flag=True,
               help="Fault: a baud switch garbles the line, so the host must fall back.")
 @click.option("--power-loss", help="Fault: lose power at STEP[:N] (begin, write-block, "
-                                   "commit, set-active).")
+                                   "commit, set-active; with --edl: program, gpt-primary, "
+                                   "gpt-backup, patch, reset).")
 @click.option("--fail-next-boot", is_flag=True, help="The next boot of the new slot fails.")
 @click.option("--url-file", type=click.Path(path_type=Path),
               help="Also write the URLs here, one per line (for scripts).")
@@ -126,7 +127,7 @@ def emulate(state_dir: Path, profile: Path | None, trust_files: tuple[Path, ...]
         from zflash.emulator.edl_runner import run_edl
         sys.exit(run_edl(state_dir, pty_link, url_file, LinkFaults(
             rate, latency, drop_after, stall_after, corrupt, seed), edl_quirks,
-            fail_next_boot, lambda m: click.echo(f"emulator: {m}", err=True)))
+            fail_next_boot, lambda m: click.echo(f"emulator: {m}", err=True), power_loss))
     if not (pty or tcp_port is not None or fastboot_port is not None):
         pty = True
     device_profile = load_profile(profile, list(trust_files))

@@ -23,6 +23,7 @@ HEADER_SIZE = 92
 ENTRY_SIZE = 128
 DEFAULT_ENTRIES = 128
 MAX_ENTRIES = 1024  # a header claiming more is refused, not read
+MAX_ENTRY_SIZE = 1024  # likewise (UEFI: 128 * 2^n; every real table uses 128): <= 1 MiB read
 
 _HEADER = struct.Struct("<8sIIIIQQQQ16sQIII")
 _ENTRY = struct.Struct("<16s16sQQQ72s")
@@ -108,23 +109,24 @@ Reader = Callable[[int, int], bytes]  # (first LBA, sector count) -> bytes
 def read_gpt(read: Reader, num_sectors: int, sector_size: int) -> Gpt:
     """The table via ``read``: the primary copy, or the backup when the primary is damaged.
 
-    ``damaged`` names a copy that failed its checks, so a caller can repair it. Neither
-    copy valid is BAD_GPT (9047).
+    ``damaged`` names a copy that failed its checks, or a valid backup that disagrees with
+    the valid primary (a rewrite interrupted between the two copies: the primary, which the
+    boot loader reads, wins), so a caller can repair it. Neither copy valid is BAD_GPT (9047).
     """
     damaged: list[str] = []
-    found: Gpt | None = None
+    copies: list[Gpt] = []
     errors = []
     for name, lba in (("primary", 1), ("backup", num_sectors - 1)):
         try:
-            gpt = _read_copy(read, lba, num_sectors, sector_size)
+            copies.append(_read_copy(read, lba, num_sectors, sector_size))
         except ZflashError as err:
             damaged.append(name)
             errors.append(f"{name}: {err.detail}")
-            continue
-        found = found or gpt
-    if found is None:
+    if not copies:
         raise _bad("no valid GPT: " + "; ".join(errors))
-    return replace(found, damaged=tuple(damaged))
+    if len(copies) == 2 and copies[0] != copies[1]:
+        damaged.append("backup")
+    return replace(copies[0], damaged=tuple(damaged))
 
 
 def parse_disk(image: bytes | bytearray | memoryview, sector_size: int) -> Gpt:
@@ -152,7 +154,8 @@ def _read_copy(read: Reader, lba: int, num_sectors: int, sector_size: int) -> Gp
         raise _bad(f"header CRC mismatch at LBA {lba}")
     if current != lba:
         raise _bad(f"header at LBA {lba} says it is at {current}")
-    if entry_size < ENTRY_SIZE or entry_size % 8 or not 0 < num_entries <= MAX_ENTRIES:
+    if not ENTRY_SIZE <= entry_size <= MAX_ENTRY_SIZE or entry_size % 8 or \
+            not 0 < num_entries <= MAX_ENTRIES:
         raise _bad(f"entry array of {num_entries} x {entry_size} bytes")
     array_sectors = -(-num_entries * entry_size // sector_size)
     if not (first_usable <= last_usable < num_sectors and

@@ -2,7 +2,9 @@
 
 ``EdlPtyServer`` accepts one host session at a time and wraps it in the shaping and faults
 of ``LinkFaults`` (the same wrappers every emulated mode uses); a ``FaultyLink`` is kept
-across sessions so a drop fires once and the host's next attempt resumes. ``run_edl`` is
+across sessions so a drop fires once and the host's next attempt resumes. A power loss
+(the device's ``PowerCut``) ends the session with a hang-up; the next connection meets the
+boot ROM again, over the same LUN files. ``run_edl`` is
 ``zflash emulate --edl``.
 """
 
@@ -14,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from zflash.emulator.edl_power import PowerCut, PowerLoss
 from zflash.emulator.edl_server import EdlDevice, EdlOptions
 from zflash.emulator.link import PtyLink
 from zflash.emulator.runner import LinkFaults, LinkWrapper
@@ -43,6 +46,8 @@ class EdlPtyServer:
                 continue
             try:
                 self.device.serve(self._links.wrap(conn))
+            except PowerLoss:
+                pass  # the hang-up below is the host's news; the next connection is a new boot
             except Exception as exc:  # noqa: BLE001 - a session's end is logged, not fatal
                 self.device.log(f"session ended: {exc}")
             finally:
@@ -56,11 +61,13 @@ class EdlPtyServer:
 
 def run_edl(state_dir: Path, link_path: str | None, url_file: Path | None,
             faults: LinkFaults, quirks: tuple[str, ...], fail_next_boot: bool,
-            log: Callable[[str], None]) -> int:
-    """``zflash emulate --edl``: serve until SIGTERM or Ctrl-C; the exit status."""
+            log: Callable[[str], None], power_loss: str | None = None) -> int:
+    """``zflash emulate --edl``: serve until SIGTERM or Ctrl-C; the exit status. With
+    ``power_loss`` (STEP[:N], see edl_power) the process dies at that step, status 137."""
     options = EdlOptions(com_variant=True, logs_after_response="logs-after-response" in quirks,
                          pending_done="pending-done" in quirks, fail_next_boot=fail_next_boot)
-    device = EdlDevice(state_dir, options=options, log=log)
+    power = PowerCut(power_loss) if power_loss else None
+    device = EdlDevice(state_dir, options=options, log=log, power=power)
     server = EdlPtyServer(device, link_path, faults).start()
     print(server.url)
     sys.stdout.flush()

@@ -28,6 +28,7 @@ from typing import Callable
 from zflash.disk import avb
 from zflash.disk.gpt import ACTIVE, SLOTS, mark_slot, slot_pairs, slot_state
 from zflash.emulator.edl_disk import EdlProfile, LunFiles, create_state
+from zflash.emulator.edl_power import PowerCut, PowerLoss
 from zflash.emulator.link import DeviceConnection, HostDisconnected
 from zflash.errors import ZflashError
 from zflash.protocol.firehose import Programmer
@@ -58,7 +59,8 @@ class EdlDevice:
 
     def __init__(self, root: Path, profile: EdlProfile | None = None,
                  options: EdlOptions | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None,
+                 power: PowerCut | None = None) -> None:
         self.root = Path(root)
         if not (self.root / "edl.json").exists():
             create_state(self.root, profile or EdlProfile())
@@ -71,6 +73,9 @@ class EdlDevice:
         self.programmer_loads = 0
         self.ended = threading.Condition()
         self.sessions_ended = 0
+        #: ``--power-loss``: where the power dies (None: it never does)
+        self.power = power
+        self.power_lost = threading.Event()
 
     # -- persistent state ---------------------------------------------------------------------
     @property
@@ -94,16 +99,24 @@ class EdlDevice:
         """One session: Sahara, then Firehose until the host resets the device or leaves."""
         with self.lock:
             self.sessions += 1
-            storage = LunFiles(self.root, self.profile.sector_size)
+            storage = self.open_storage()
             try:
                 _Session(self, link, storage).run()
             except HostDisconnected:
                 self.log("host left")
+            except PowerLoss as loss:
+                self.log(f"power lost at {loss}")
+                self.power_lost.set()
+                raise
             finally:
                 storage.close()
                 with self.ended:
                     self.sessions_ended += 1
                     self.ended.notify_all()
+
+    def open_storage(self) -> LunFiles:
+        """The LUN files for one session (a test's fake device may wrap them)."""
+        return LunFiles(self.root, self.profile.sector_size)
 
     def wait_sessions(self, count: int, timeout: float = 10.0) -> bool:
         """Wait until ``count`` sessions have ended (a test waiting for the boot)."""
@@ -275,6 +288,8 @@ class _Session:
         programmer = Programmer(self.storage, memory_name=self.profile.memory_name,
                                 logs_after_response=self.options.logs_after_response,
                                 serial=self.profile.serial)
+        if self.device.power is not None:
+            programmer.on_step = self.device.power.observer(self.storage)
         for packet in programmer.startup():
             self.link.write(packet)
         if early:
@@ -299,12 +314,16 @@ def usb_device(device: EdlDevice, port_path: str = "1-4", speed: str = "high",
     from zflash.usb.ids import EDL_PID, QUALCOMM_VID
 
     def server(link: DeviceConnection) -> None:
-        device.serve(wrap(link) if wrap else link)
+        try:
+            device.serve(wrap(link) if wrap else link)
+        except PowerLoss:
+            usb.unplug()  # a dead device is off the bus; ``plug()`` powers it up again
 
     serial = f"{device.profile.serial:08X}"
-    return EmulatedUsbDevice("", port_path, protocol="edl", speed=speed, vid=QUALCOMM_VID,
-                             pid=EDL_PID, manufacturer="Qualcomm CDMA Technologies MSM",
-                             product=f"QUSB__BULK_CID:0404_SN:{serial}", server=server)
+    usb = EmulatedUsbDevice("", port_path, protocol="edl", speed=speed, vid=QUALCOMM_VID,
+                            pid=EDL_PID, manufacturer="Qualcomm CDMA Technologies MSM",
+                            product=f"QUSB__BULK_CID:0404_SN:{serial}", server=server)
+    return usb
 
 
 __all__ = ["EdlDevice", "EdlOptions", "usb_device"]

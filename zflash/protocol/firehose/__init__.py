@@ -29,7 +29,7 @@ from zflash.protocol.firehose.events import (
 )
 from zflash.protocol.firehose.expressions import patch_value, sector_value
 from zflash.protocol.firehose.host import HostEngine, HostState, pad_to_sector, storage_info
-from zflash.protocol.firehose.programmer import SUPPORTED, Programmer
+from zflash.protocol.firehose.programmer import SUPPORTED, Programmer, WriteStep
 from zflash.protocol.firehose.storage import MemoryStorage, Storage
 from zflash.protocol.firehose.xmlwire import Element, XmlSplitter, encode_document, parse_document
 
@@ -38,7 +38,7 @@ __all__ = [
     "SUPPORTED", "TIMEOUTS", "ZLP_SPELLINGS",
     "Command", "DeviceEngine", "DeviceState", "Element", "HostEngine", "HostState", "Log",
     "Malformed", "MemoryStorage", "NeedData", "ProgramData", "ProgramDone", "Programmer",
-    "ReadData", "Response", "Result", "Storage", "XmlSplitter",
+    "ReadData", "Response", "Result", "Storage", "WriteStep", "XmlSplitter",
     "encode_document", "pad_to_sector", "parse_document", "patch_value", "sector_value",
     "storage_info",
 ]

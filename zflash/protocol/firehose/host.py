@@ -21,6 +21,7 @@ from zflash.protocol.firehose.constants import (
     DEVICE_MAX_XML,
     MAX_DOCUMENT,
     MAX_HOST_PAYLOAD,
+    MAX_LOGS,
     ZLP_SPELLINGS,
 )
 from zflash.protocol.firehose.events import (
@@ -129,6 +130,9 @@ class HostEngine:
         if tag == "log":
             text = attrs.get("value", "")
             if self.state is not HostState.IDLE:
+                if len(self._logs) >= MAX_LOGS:
+                    raise ZflashError(Code.PROTOCOL, f"Firehose: more than {MAX_LOGS} <log> "
+                                                     f"lines for <{self.tag}>")
                 self._logs.append(text)
             self._events.append(Log(text))
             return

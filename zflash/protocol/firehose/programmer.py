@@ -14,7 +14,7 @@ import json
 import zlib
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from zflash.errors import ZflashError
 from zflash.protocol.firehose.constants import DEFAULT_PAYLOAD, DEVICE_MAX_XML, MAX_CRC_BYTES
@@ -36,6 +36,24 @@ class _Nak(Exception):
         super().__init__(reason)
         self.reason = reason
         self.attrs = attrs
+
+
+@dataclass(frozen=True)
+class WriteStep:
+    """A point where storage is about to change or just changed, for ``on_step``.
+
+    ``kind``: "program" (``data`` is about to be written at ``first``), "programmed" (a
+    whole ``<program>`` of ``sectors`` from ``first`` is on storage, its ACK not yet sent),
+    "patch" (``data`` is the patched sector(s) about to be written), "power" (``value`` is
+    the requested power action, not yet acknowledged). The emulator cuts its power here.
+    """
+
+    kind: str
+    lun: int = 0
+    first: int = 0
+    sectors: int = 0
+    data: Buffer = b""
+    value: str = ""
 
 
 @dataclass
@@ -70,8 +88,11 @@ class Programmer:
         self.bootable_lun: int | None = None
         self.power_request: str | None = None
         self.commands: list[str] = []  # tags in arrival order, for tests and the emulator
+        #: called at every WriteStep; may raise (the emulator's power loss) to stop here
+        self.on_step: Callable[[WriteStep], None] = lambda step: None
         self._out: deque[bytes | _ReadJob] = deque()
         self._program: tuple[int, int, int] | None = None  # lun, next sector, sectors left
+        self._program_first = 0
         self._partial = bytearray()
 
     # -- I/O-free driver API ----------------------------------------------------------------
@@ -204,6 +225,7 @@ class Programmer:
     def _do_program(self, cmd: Command) -> None:
         lun, start, count = self._range(cmd)
         self._program = (lun, start, count)
+        self._program_first = start
         self._partial = bytearray()
         self._out.append(self.engine.start_program(count * self.storage.sector_size))
 
@@ -214,11 +236,17 @@ class Programmer:
         self._partial += data
         whole = len(self._partial) // size
         if whole:
-            self.storage.write(lun, start, memoryview(self._partial)[:whole * size])
+            with memoryview(self._partial) as view, view[:whole * size] as chunk:
+                self.on_step(WriteStep("program", lun, start, whole, chunk))
+                self.storage.write(lun, start, chunk)
             del self._partial[:whole * size]
             self._program = (lun, start + whole, left - whole)
 
     def _program_done(self) -> None:
+        if self._program is not None:
+            lun, end, _ = self._program
+            first = self._program_first
+            self.on_step(WriteStep("programmed", lun, first, end - first))
         self._program = None
         self._answer([], self.engine.ack(rawmode="false"))
 
@@ -273,6 +301,7 @@ class Programmer:
             raise _Nak(f"patch at sector {first} is outside LUN {lun}")
         block = bytearray(self.storage.read(lun, first, span))
         block[offset % ss:offset % ss + size] = value.to_bytes(size, "little")
+        self.on_step(WriteStep("patch", lun, first, span, block))
         self.storage.write(lun, first, block)
         self._answer([f"Patched sector {sector} offset {offset} with 0x{value:x}"],
                      self.engine.ack())
@@ -311,6 +340,7 @@ class Programmer:
         value = (cmd.get("value") or "reset").lower()
         if value not in ("reset", "off", "edl"):
             raise _Nak(f"power value {value!r} is not reset, off or edl")
+        self.on_step(WriteStep("power", value=value))
         self.power_request = value
         self._answer([f"Power {value} requested"], self.engine.ack())
 

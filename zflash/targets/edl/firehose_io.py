@@ -16,6 +16,8 @@ from typing import Callable, Iterable
 from zflash.errors import Code, ZflashError
 from zflash.protocol.firehose import (NEED_DATA, QUIET_PERIOD, TIMEOUTS, HostEngine, Log,
                                       ReadData, Response, Result, storage_info)
+from zflash.protocol.firehose.constants import (MAX_LOGS, PROGRAM_FINAL_BASE,
+                                                PROGRAM_FINAL_RATE, SETTLE_LIMIT)
 from zflash.transport.base import Buffer, Transport
 
 READ_SIZE = (1 << 20) + 4096
@@ -51,8 +53,9 @@ class FirehoseSession:
         self.engine.receive_data(data)
         return True
 
-    def _next(self, timeout: float) -> object:
-        deadline = time.monotonic() + timeout
+    def _next(self, deadline: float, timeout: float) -> object:
+        """The next event before ``deadline`` (``timeout`` is for the message). A log is an
+        event but not progress: the caller keeps the deadline across logs (D162)."""
         while True:
             event = self.engine.next_event()
             if event is not NEED_DATA:
@@ -67,6 +70,9 @@ class FirehoseSession:
         while time.monotonic() < end:
             while (event := self.engine.next_event()) is not NEED_DATA:
                 if isinstance(event, Log):
+                    if len(self.logs) >= MAX_LOGS:
+                        raise ZflashError(Code.PROTOCOL, f"Firehose: more than {MAX_LOGS} "
+                                                         "start-up <log> lines")
                     self.logs.append(event.text)
             if not self._feed(quiet):
                 return
@@ -75,11 +81,12 @@ class FirehoseSession:
         """After the final response: wait out the quiet rule only when the answer may be
         incomplete, then settle."""
         tag = self.engine.tag or ""
+        end = time.monotonic() + SETTLE_LIMIT  # late logs that never stop do not hold us
         while True:
             probe = self.engine.provisional()
             if probe is not None and probe.ack and _NEEDS_LOG.get(tag, lambda r: True)(probe):
                 return self.engine.settle()
-            if not self._feed(QUIET_PERIOD):
+            if time.monotonic() >= end or not self._feed(QUIET_PERIOD):
                 return self.engine.settle()
             while (event := self.engine.next_event()) is not NEED_DATA:
                 if isinstance(event, Response):
@@ -94,8 +101,9 @@ class FirehoseSession:
         tag = self.engine.tag or ""
         limit = timeout or TIMEOUTS.get(tag, 10.0)
         self._write(document)
+        deadline = time.monotonic() + limit
         while True:
-            event = self._next(limit)
+            event = self._next(deadline, limit)
             if isinstance(event, ReadData):
                 if sink is None:
                     raise ZflashError(Code.PROTOCOL, f"Firehose: data for <{tag}>")
@@ -103,14 +111,25 @@ class FirehoseSession:
             elif isinstance(event, Response):
                 if event.rawmode:
                     if tag == "program":
+                        sent = 0
                         for chunk in data or ():
                             self._write(self.engine.program_data(chunk))
+                            sent += len(chunk)
                         if self.engine.data_left:
                             raise ZflashError(Code.INTERNAL, f"program data phase short by "
                                                              f"{self.engine.data_left} bytes")
-                        limit = TIMEOUTS["program_final"]
+                        limit = program_final_timeout(sent)
+                    deadline = time.monotonic() + limit
                     continue
                 return self._settle(limit)
+            else:
+                continue  # a log: not progress, the deadline stands
+            deadline = time.monotonic() + limit  # data or a response: progress
 
     def command(self, tag: str, attrs: dict[str, object] | None = None) -> Result:
         return self.run(self.engine.command(tag, attrs))
+
+
+def program_final_timeout(data_bytes: int) -> float:
+    """How long the final ACK of a ``<program>`` of ``data_bytes`` may take (D162)."""
+    return min(TIMEOUTS["program_final"], PROGRAM_FINAL_BASE + data_bytes / PROGRAM_FINAL_RATE)

@@ -61,12 +61,13 @@ class DiskLayout:
         return next((g for g in self.tables if g is not None and slot_state(g)), None)
 
     def slots(self) -> tuple[tuple[SlotInfo, ...], str | None]:
+        """Slot infos and the running slot (see ``running_slot``)."""
         gpt = self.slot_table()
         if gpt is None:
             return (), None
         state = slot_state(gpt)
         infos = tuple(_slot_info(s, state[s]) for s in SLOTS)
-        return infos, active_slot(gpt)
+        return infos, running_slot(gpt)
 
     def boot_lun(self, slot: str) -> int | None:
         """The LUN to mark bootable for ``slot``: where ``xbl_<slot>`` lives when the two
@@ -77,6 +78,21 @@ class DiskLayout:
             if mine and other and mine.lun != other.lun:
                 return mine.lun
         return None
+
+
+def running_slot(gpt: Gpt) -> str | None:
+    """The slot to keep: the active one if it has booted successfully; otherwise (a switch
+    the device never booted, e.g. power lost between the switch and the reset) the slot
+    that last booted successfully, so a rerun writes into the unproven slot again and never
+    over the known-good one (DECISIONS.md D160). Without a successful slot: the active one."""
+    state = slot_state(gpt)
+    active = active_slot(gpt)
+    if active is not None and state[active].successful and not state[active].unbootable:
+        return active
+    good = [s for s in SLOTS if state[s].successful and not state[s].unbootable]
+    if good:
+        return max(good, key=lambda s: (state[s].active, state[s].priority))
+    return active
 
 
 def _slot_info(name: str, bits: SlotBits) -> SlotInfo:

@@ -35,6 +35,7 @@ from zflash.transport.base import Transport
 
 MEMORIES = ("ufs", "emmc")  # tried in this order; a programmer NAKs the one it does not drive
 MAX_LUNS = 8
+MAX_LUN_BYTES = 1 << 50  # 1 PiB: a LUN claiming more is a lie (the largest UFS is ~1 TB)
 COPY_BYTES = 1 << 20  # one <read> / <program> pair when completing a slot
 
 
@@ -58,6 +59,7 @@ class EdlTarget(Target):
         self._package: Package | None = None
         self._slot: str | None = None
         self._hash_request: tuple[PartitionEntry, str | None, int, int] | None = None
+        self.gpt_errors: list[str] = []  # why a LUN's GPT could not be read
 
     # ------------------------------------------------------------ connecting
     def connect(self) -> None:
@@ -120,6 +122,9 @@ class EdlTarget(Target):
             total = _int(lun_info, "total_blocks")
             if not total:
                 raise ZflashError(Code.PROTOCOL, f"getstorageinfo of LUN {lun}: no total_blocks")
+            if total < 0 or total * sector > MAX_LUN_BYTES:
+                raise ZflashError(Code.PROTOCOL, f"getstorageinfo of LUN {lun}: {total} blocks "
+                                                 f"of {sector} bytes is not a real disk")
             self.lun_sectors.append(total)
             try:
                 tables.append(read_gpt(lambda first, n, lun=lun: self._read(lun, first, n),
@@ -127,6 +132,7 @@ class EdlTarget(Target):
             except ZflashError as exc:
                 if exc.code != Code.BAD_GPT:
                     raise
+                self.gpt_errors.append(f"LUN {lun}: {exc.detail}")
                 tables.append(None)
         return DiskLayout(sector, tuple(tables))
 
@@ -142,6 +148,10 @@ class EdlTarget(Target):
         if self.layout is None:
             self.layout = self._read_layout(fh)
         layout = self.layout
+        if manifest is not None and all(table is None for table in layout.tables):
+            # nothing to write into: say so, rather than every partition and fact missing
+            raise ZflashError(Code.BAD_GPT, "no LUN has a valid GPT: "
+                                            + "; ".join(self.gpt_errors))
         unreported: dict[str, str] = {}
         slots, current = layout.slots()
         edl = manifest.edl if manifest else None
