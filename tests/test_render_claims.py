@@ -98,3 +98,18 @@ def test_backup_shows_a_progress_bar() -> None:
     assert renderer._part is not None
     assert (renderer._part.total, renderer._part.n) == (4096, 2048)
     renderer.close()
+
+
+def test_each_download_mode_is_named_as_itself(capsys):
+    """An EDL flash is not described in ZDL's or fastboot's words."""
+    text = render([
+        {"event": "connected", "url": "edl+serial:///dev/ttyUSB0", "protocol": "edl",
+         "max_data": 0, "window": 1, "codecs": [], "baud": None},
+        {"event": "rebooted", "protocol": "edl", "slot": "b", "reported": False,
+         "booted_slot": None, "fell_back": False},
+        {"event": "rebooted", "protocol": "fastboot", "slot": "a", "reported": False,
+         "booted_slot": None, "fell_back": False},
+    ], capsys)
+    assert "Qualcomm EDL" in text and "ZDL" not in text and "frames up to" not in text
+    assert "left EDL to boot slot b" in text
+    assert "left fastboot to boot slot a" in text

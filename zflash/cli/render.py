@@ -23,6 +23,8 @@ from zflash.cli.common import use_color, verbosity
 
 #: Events never shown as text, even with -v: the progress bars already show them.
 _SILENT = frozenset({"bytes_sent", "bytes_received", "progress"})
+#: How a message names each download mode.
+MODE_NAMES = {"fastboot": "fastboot", "edl": "EDL", "zdl": "download mode"}
 
 
 def progress_bar(**kwargs: Any) -> tqdm:
@@ -69,6 +71,9 @@ class EventRenderer:
             limit = e.get("max_data")
             self._note(f"connected to {e['url']} (fastboot, max-download-size "
                        f"{limit if limit else 'not reported'})")
+            return
+        if e.get("protocol") == "edl":
+            self._note(f"connected to {e['url']} (Qualcomm EDL: Sahara, then Firehose)")
             return
         baud = f", {e['baud']} baud" if e.get("baud") else ""
         self._note(f"connected to {e['url']} (ZDL, frames up to {e['max_data'] >> 10} KiB, "
@@ -170,7 +175,9 @@ class EventRenderer:
 
     def _on_rebooted(self, e: dict[str, Any]) -> None:
         if not e.get("reported", True):  # e.g. a fastboot bootloader does not report the boot
-            self._note(f"reboot: the device left fastboot to boot slot {e.get('slot')}")
+            mode = MODE_NAMES.get(str(e.get("protocol")), "download mode")
+            self._note(f"reboot: the device left {mode} to boot slot {e.get('slot')} "
+                       "(it does not report the boot)")
         elif e.get("fell_back"):
             self._note(f"reboot: the new slot failed to boot; device fell back to slot "
                        f"{e.get('booted_slot')}")
