@@ -29,7 +29,7 @@ from zflash.emulator.storage import Storage
 from zflash.errors import Code, ZflashError
 from zflash.facts import DeviceFacts
 from zflash.protocol.zdl import (BlockHashes, Data, DeviceEngine, Done, Erase, Facts, Hashes,
-                                 Identify, MsgType, Read, Reboot, SetActive)
+                                 Identify, MsgType, Read, Reboot, SetActive, WriteBlock)
 from zflash.protocol.zdl.constants import CHUNK_HEADER, FLAG_CHUNK, SWITCH_BAUDS
 from zflash.protocol.zdl.frames import FrameDecoder, encode_frame, encode_frame_parts
 from zflash.protocol.zdl.host import HostEngine
@@ -447,3 +447,54 @@ def test_device_work_comes_from_the_request_or_the_facts():
     everything = sum(p.size * (len(facts.slots) if p.slotted else 1) for p in facts.partitions)
     assert session.device_work(SetActive("b")) == everything
     assert session.device_work(Reboot({})) == everything
+
+
+def acks_some_blocks_then_only_keepalives(conn: socket.socket, engine: DeviceEngine,
+                                          stop: threading.Event) -> None:
+    """Honest for the first 40 blocks (so the host measures the stream), then it keeps the
+    link alive with keep-alives (repeated ACKs) and swallows every further block."""
+    conn.settimeout(0.05)
+    blocks = 1
+    while not stop.is_set():
+        try:
+            data = conn.recv(1 << 16)
+        except socket.timeout:
+            data = b""
+        if blocks < 40 and data:
+            blocks += sum(isinstance(e, WriteBlock) for e in engine.receive_data(data))
+            conn.sendall(b"".join(engine.data_to_send()))
+        elif blocks >= 40:
+            conn.sendall(b"".join(engine.keepalive()))
+
+
+def test_a_block_stream_that_stops_moving_ends_at_the_stream_deadline():
+    """Keep-alives during the block stream do not hold it: once its rate is known, the next
+    ACK is due within the stream base plus three times what is in flight at that rate."""
+    device = FakeDevice(acks_some_blocks_then_only_keepalives, on=(WriteBlock,))
+    transport = open_transport(device.url, timeout=2)
+    try:
+        session = ZdlSession(transport, SessionOptions(max_data=4096, window=8,
+                                                       stream_limit=1.0))
+        session.connect()
+        acked: list[int] = []
+        blocks = ((0, n, 0, bytes([n % 256]) * 4096) for n in range(10_000))
+        with pytest.raises(ZflashError) as caught:
+            session.write_blocks(blocks, acked.append)
+        assert caught.value.code == Code.TIMEOUT, caught.value
+        assert "an ACK of the blocks in flight" in caught.value.detail
+        assert 0 < sum(acked) < 10_000 * 4096  # it moved, then it stopped
+    finally:
+        transport.close()
+        device.close()
+
+
+def test_the_stream_deadline_grows_with_what_is_in_flight():
+    session, device, wire = _session_with_device(progress_limit=120.0, stream_limit=2.0)
+    assert session._stuck_limit == 120.0  # no stream rate known: the drain bound
+    session._stream_rate = 1e6
+    for n in range(4):
+        session._send(session.engine.send_block(0, n, 0, b"x" * 4096))
+    in_flight = session.engine.in_flight_bytes
+    assert session._stuck_limit == pytest.approx(2.0 + 3 * in_flight / 1e6)
+    session._stream_rate = 100.0  # a crawling stream: the drain bound caps it
+    assert session._stuck_limit == 120.0

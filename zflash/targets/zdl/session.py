@@ -5,8 +5,9 @@ its caller (zdl.md 5.4): a retransmission timeout that starts short and adapts t
 delivery rate, a lost link after ``life_limit`` s without a valid frame (9024), a stuck device
 (9025) once it made no progress for as long as what is outstanding allows, however many
 keep-alives it sends (``_stuck_limit``: the short answer deadline of a wholly acknowledged
-request, else the drain bound ``progress_limit``), and the serial baud switch with its confirming PING and fallback. State lives in the object, so many
-sessions can run at once, one per device.
+request, the stream deadline once the block stream's rate is known, else the drain bound
+``progress_limit``), and the serial baud switch with its confirming PING and fallback. State
+lives in the object, so many sessions can run at once, one per device.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ ANSWER_FLOOR = 3 * RTO_FLOOR
 #: a long operation gets its size at this rate on top of the base. Keep-alives carry no
 #: progress (zdl.md 5.2), so they never extend it.
 MIN_WORK_RATE = 20e6
+#: the block stream's base (seconds): once the stream's average delivery rate is known, the
+#: next ACK is due within this plus three times what is in flight at that rate. Longer than
+#: the answer base: a real device's flash may stall writes for seconds (an eMMC collecting
+#: garbage) while it keeps sending keep-alives.
+STREAM_FLOOR = 15.0
 #: a write to a byte stream goes out in pieces this big; between pieces that took a while,
 #: what the device sent meanwhile (keep-alives) is read, so a long write on a slow line
 #: neither fills the device's output buffer nor hides the device's signs of life
@@ -77,6 +83,9 @@ class SessionOptions:
     #: the answer deadline's base (seconds) for a wholly acknowledged request; None:
     #: ``connect_timeout`` (``--timeout``), at least ``ANSWER_FLOOR``
     answer_limit: float | None = None
+    #: the block stream deadline's base (seconds); None: ``STREAM_FLOOR`` or the answer
+    #: base, whichever is longer
+    stream_limit: float | None = None
 
     def __post_init__(self) -> None:
         if self.baud is not None:
@@ -99,6 +108,10 @@ class ZdlSession:
         #: seconds the outstanding request may take without progress once the device has
         #: acknowledged all of it; None: only the drain bound applies
         self._answer_allowance: float | None = None
+        #: the block stream's average delivery rate so far (bytes/s; None: none measured,
+        #: or no stream running): an average, not the RTO's moving estimate, so a burst of
+        #: ACKs read apart cannot make it look faster than the link
+        self._stream_rate: float | None = None
         self._measured_rate: float | None = None
         #: a serial line is never slower than its nominal rate: the floor the progress
         #: allowance for one frame is computed from (never the RTO: a pty is far faster)
@@ -181,6 +194,11 @@ class ZdlSession:
         limit = self.options.answer_limit
         return limit if limit is not None else max(ANSWER_FLOOR, self.options.connect_timeout)
 
+    @property
+    def stream_base(self) -> float:
+        limit = self.options.stream_limit
+        return limit if limit is not None else max(STREAM_FLOOR, self.answer_base)
+
     def device_work(self, message: Message) -> int | None:
         """Bytes of flash the device may read, hash, copy or zero before it answers
         ``message``: from the request itself where it says (BLOCK_HASHES, READ: the
@@ -207,18 +225,30 @@ class ZdlSession:
 
     @property
     def _stuck_limit(self) -> float:
+        """Seconds without progress that end the session now (9025)."""
+        return self._stuck_rule()[0]
+
+    def _stuck_rule(self) -> tuple[float, str]:
         """Seconds without progress that mean a stuck device, now (zdl.md 5.4).
 
-        Once the device acknowledged every frame of the outstanding request and no frame of
-        its is arriving, nothing of ours is draining: the answer deadline (base plus work
-        allowance) applies. Otherwise bytes are on their way and the drain bound does; the
-        drain bound also caps the answer deadline, so it bounds everything.
+        While a device frame is arriving, the drain bound. Once the device acknowledged every
+        frame of the outstanding request, nothing of ours is draining: the answer deadline
+        (base plus work allowance). In the block stream, once its rate is known: the stream
+        floor plus three times the bytes in flight at that rate. Otherwise (nothing known)
+        the drain bound, which also caps the others, so it bounds everything.
         """
         limit = self.progress_limit
         engine = self.engine
-        if self._answer_allowance is not None and engine.answer_due and not engine.receiving:
-            return min(limit, self._answer_allowance)
-        return limit
+        if engine.receiving:
+            return limit, "a frame still arriving"
+        if self._answer_allowance is not None and engine.answer_due:
+            return min(limit, self._answer_allowance), "its answer"
+        if self._stream_rate and not engine.request_pending:
+            frame = (self.session.max_data + 16) if self.session else 0
+            drain = 3 * max(engine.in_flight_bytes, frame) / self._stream_rate
+            return min(limit, self.stream_base + drain), \
+                "an ACK of the blocks in flight"
+        return limit, "progress"
 
     def _note_progress(self, acked_bytes: int, seconds: float) -> None:
         if seconds <= 0 or acked_bytes <= 0:
@@ -275,9 +305,8 @@ class ZdlSession:
         if now >= self._last_life + self.options.life_limit:
             raise ZflashError(Code.LINK_LOST, "no sign of life from the device for "
                               f"{now - self._last_life:.1f} s")
-        limit = self._stuck_limit
+        limit, what = self._stuck_rule()
         if now >= self._last_progress + limit:
-            what = "its answer" if limit < self.progress_limit else "progress"
             raise ZflashError(Code.TIMEOUT, "the device answers but made no progress for "
                               f"{now - self._last_progress:.1f} s (waiting for {what}; "
                               "keep-alives alone do not count)")
@@ -380,11 +409,17 @@ class ZdlSession:
     def write_blocks(self, blocks: Iterable[tuple[int, int, int, bytes]],
                      on_acked: Callable[[int], None] | None = None) -> None:
         """Stream blocks with a full window in flight; return when all are acknowledged."""
-        pending = iter(blocks)
+        try:
+            self._stream(iter(blocks), on_acked)
+        finally:
+            self._stream_rate = None  # the stream deadline ends with its stream
+
+    def _stream(self, pending: Iterator[tuple[int, int, int, bytes]],
+                on_acked: Callable[[int], None] | None) -> None:
         exhausted = False
-        acked = self.engine.bytes_acked
+        acked = first_acked = self.engine.bytes_acked
         self._start_clock()
-        last_progress = time.monotonic()
+        last_progress = started = time.monotonic()
         while True:
             frames: list[bytes] = []  # a window's worth goes out in as few writes as possible
             while not exhausted and self.engine.can_send_block():
@@ -408,6 +443,8 @@ class ZdlSession:
                 if on_acked:
                     on_acked(self.engine.bytes_acked - acked)
                 acked, last_progress = self.engine.bytes_acked, now
+                if now > started:
+                    self._stream_rate = (acked - first_acked) / (now - started)
 
     def read(self, partition: str, slot: str | None, offset: int, length: int,
              sink: Callable[[bytes], None]) -> None:
