@@ -54,13 +54,11 @@ def test_socket_url_reads_what_arrived_in_one_call() -> None:
     assert len(calls) < 200, f"{len(calls)} pyserial reads for 256 KiB"
 
 
-@pytest.mark.parametrize("url,expected", [
-    ("rfc2217://10.0.0.5:3001", "rfc2217://10.0.0.5:3001?ign_set_control"),
-    ("rfc2217://h:1?logging=debug", "rfc2217://h:1?logging=debug&ign_set_control"),
-    ("rfc2217://h:1?ign_set_control&timeout=9", "rfc2217://h:1?ign_set_control&timeout=9"),
-    ("socket://h:1", "socket://h:1"),
+@pytest.mark.parametrize("url,expected", [  # rfc2217:// has its own client: test_rfc2217.py
+    ("socket://h:1?logging=debug", "socket://h:1?logging=debug"),
+    ("serial:///dev/ttyUSB0?baud=921600", "/dev/ttyUSB0"),
 ])
-def test_rfc2217_gets_ign_set_control_by_default(url: str, expected: str) -> None:
+def test_pyserial_gets_the_port_or_the_url_as_given(url: str, expected: str) -> None:
     assert pyserial_target(parse_device_url(url)) == expected
 
 

@@ -11,7 +11,8 @@ Accepted forms::
     tcp://127.0.0.1:5554                fastboot+tcp://HOST[:PORT]   (default port 5554)
     edl+serial:///dev/ttyUSB0  edl+serial://COM5   (Qualcomm EDL over a QDLoader COM port)
     usb://1209:0001?serial=ABC          usb://1-2.3 (bus-port path)   usb:// (any device)
-    rfc2217://...  socket://...  spy://...  loop://   (handed verbatim to pyserial)
+    rfc2217://...  socket://...  spy://...  loop://   (pyserial's URLs, taken as given:
+                   rfc2217 by zflash's own client, the rest by pyserial)
 """
 
 from __future__ import annotations
