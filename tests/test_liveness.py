@@ -28,12 +28,13 @@ from zflash.emulator.runner import EmulatorRunner, LinkFaults
 from zflash.emulator.storage import Storage
 from zflash.errors import Code, ZflashError
 from zflash.facts import DeviceFacts
-from zflash.protocol.zdl import (BlockHashes, Data, DeviceEngine, Done, Erase, Facts, Hashes,
-                                 Identify, MsgType, Read, Reboot, SetActive, WriteBlock)
+from zflash.protocol.zdl import (BlockHashes, CommitPartition, Data, DeviceEngine, Done, Erase,
+                                 Facts, Hashes, Identify, MsgType, Read, Reboot, SetActive,
+                                 WriteBlock)
 from zflash.protocol.zdl.constants import CHUNK_HEADER, FLAG_CHUNK, SWITCH_BAUDS
 from zflash.protocol.zdl.frames import FrameDecoder, encode_frame, encode_frame_parts
 from zflash.protocol.zdl.host import HostEngine
-from zflash.targets.zdl.session import SessionOptions, ZdlSession
+from zflash.targets.zdl.session import MIN_WORK_RATE, SessionOptions, ZdlSession
 from zflash.transport.open import open_transport
 
 TRUST = ["--trust", str(SIGNING_PUB)]
@@ -404,6 +405,17 @@ def _session_with_device(**options) -> tuple[ZdlSession, DeviceEngine, _Wire]:
     return session, device, wire
 
 
+def test_a_long_operation_may_outlast_the_drain_bound_by_its_size():
+    """COMMIT of an 8 GiB image (16 GiB to zero, hash, move at 20 MB/s): far past 120 s."""
+    session, device, wire = _session_with_device(progress_limit=120.0)
+    session.start_request(CommitPartition(0), work=16 << 30)
+    device.receive_data(bytes(wire.written))
+    session.engine.receive_data(b"".join(device.keepalive()))
+    list(session._drain_events())
+    assert session._stuck_limit == pytest.approx(5.0 + (16 << 30) / MIN_WORK_RATE)
+    assert session._stuck_limit > 800
+
+
 def test_the_answer_deadline_applies_only_once_nothing_is_on_its_way():
     """Drain bound while the request's frames are unacknowledged or a device frame is still
     arriving; the short answer deadline once the device acknowledged all of it."""
@@ -444,9 +456,11 @@ def test_device_work_comes_from_the_request_or_the_facts():
     session.facts = facts = emulated_facts_for_test()
     boot = facts.partition("boot")
     assert boot is not None and session.device_work(Erase("boot", "a")) == boot.size
-    everything = sum(p.size * (len(facts.slots) if p.slotted else 1) for p in facts.partitions)
-    assert session.device_work(SetActive("b")) == everything
-    assert session.device_work(Reboot({})) == everything
+    # one slot's images and the unslotted partitions, never userdata (no update reads it)
+    update = sum(p.size for p in facts.partitions if p.name != "userdata")
+    assert 0 < update < sum(p.size for p in facts.partitions)
+    assert session.device_work(SetActive("b")) == update
+    assert session.device_work(Reboot({})) == update
 
 
 def acks_some_blocks_then_only_keepalives(conn: socket.socket, engine: DeviceEngine,

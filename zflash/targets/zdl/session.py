@@ -191,11 +191,13 @@ class ZdlSession:
 
     @property
     def answer_base(self) -> float:
+        """Seconds a wholly acknowledged request may go without progress, before its work."""
         limit = self.options.answer_limit
         return limit if limit is not None else max(ANSWER_FLOOR, self.options.connect_timeout)
 
     @property
     def stream_base(self) -> float:
+        """Seconds the block stream may go without a freeing ACK, before its drain time."""
         limit = self.options.stream_limit
         return limit if limit is not None else max(STREAM_FLOOR, self.answer_base)
 
@@ -203,7 +205,8 @@ class ZdlSession:
         """Bytes of flash the device may read, hash, copy or zero before it answers
         ``message``: from the request itself where it says (BLOCK_HASHES, READ: the
         emulator prepares a READ before its first DATA), else from IDENTIFY's facts (the
-        partition, or every partition of every slot); None when nothing bounds it."""
+        partition; for the rest, one slot's images and the unslotted partitions but
+        userdata, which no update or boot check reads); None when nothing bounds it."""
         if isinstance(message, Identify):
             return 0
         if isinstance(message, BlockHashes):
@@ -215,8 +218,7 @@ class ZdlSession:
             return None
         if isinstance(message, Erase) and (part := facts.partition(message.partition)):
             return part.size
-        slots = max(1, len(facts.slots))
-        return sum(p.size * (slots if p.slotted else 1) for p in facts.partitions)
+        return sum(p.size for p in facts.partitions if p.name != "userdata")
 
     def _set_allowance(self, message: Message, work: int | None) -> None:
         work = self.device_work(message) if work is None else work
@@ -231,18 +233,21 @@ class ZdlSession:
     def _stuck_rule(self) -> tuple[float, str]:
         """Seconds without progress that mean a stuck device, now (zdl.md 5.4).
 
-        While a device frame is arriving, the drain bound. Once the device acknowledged every
-        frame of the outstanding request, nothing of ours is draining: the answer deadline
-        (base plus work allowance). In the block stream, once its rate is known: the stream
-        floor plus three times the bytes in flight at that rate. Otherwise (nothing known)
-        the drain bound, which also caps the others, so it bounds everything.
+        Once the device acknowledged every frame of the outstanding request, nothing of ours
+        is draining: the answer deadline (base plus work allowance; a long operation's grows
+        with its size, past the drain bound); while a frame of the answer is arriving, at
+        least the drain bound. In the block stream, once its rate is known: the stream base
+        plus three times the bytes in flight at that rate, capped by the drain bound.
+        Otherwise (bytes on their way, nothing known) the drain bound.
         """
         limit = self.progress_limit
         engine = self.engine
+        if self._answer_allowance is not None and engine.answer_due:
+            if engine.receiving:
+                return max(limit, self._answer_allowance), "a frame still arriving"
+            return self._answer_allowance, "its answer"
         if engine.receiving:
             return limit, "a frame still arriving"
-        if self._answer_allowance is not None and engine.answer_due:
-            return min(limit, self._answer_allowance), "its answer"
         if self._stream_rate and not engine.request_pending:
             frame = (self.session.max_data + 16) if self.session else 0
             drain = 3 * max(engine.in_flight_bytes, frame) / self._stream_rate
