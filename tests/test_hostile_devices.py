@@ -64,8 +64,6 @@ def _floods(*modes: str) -> dict[str, tuple[int, ...]]:
     return {mode: (TIMEOUT,) if mode in STUCK_MODES else LINK_FAILURE for mode in modes}
 
 
-#: end in a coded error at the dead-link deadline (10 s of no valid frame): slow runs only
-DEAD_LINK_MODES = ("garbage", "sync-flood", "oversized-frame", "huge-data")
 
 CASES: list[Case] = [
     *_zdl("info", Identify, {
@@ -139,7 +137,7 @@ def _params() -> list:
         marks = []
         if case.xfail:
             marks.append(pytest.mark.xfail(strict=True, reason=case.xfail))
-        if case.slow or case.mode in DEAD_LINK_MODES:
+        if case.slow:
             marks.append(pytest.mark.slow)
         params.append(pytest.param(case, id=case.name, marks=marks))
     return params

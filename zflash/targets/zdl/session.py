@@ -312,7 +312,7 @@ class ZdlSession:
                               f"{now - self._last_life:.1f} s")
         limit, what = self._stuck_rule()
         if now >= self._last_progress + limit:
-            raise ZflashError(Code.TIMEOUT, "the device answers but made no progress for "
+            raise ZflashError(Code.TIMEOUT, "the device made no progress for "
                               f"{now - self._last_progress:.1f} s (waiting for {what}; "
                               "keep-alives alone do not count)")
         if now >= max(self._last_life, self._last_send) + self.rto:
