@@ -231,3 +231,14 @@ def test_pyserial_options_are_accepted() -> None:
     host, port, wait = parse_rfc2217(parse_device_url(
         "rfc2217://lab1:3001?ign_set_control&poll_modem&logging=debug&timeout=9"))
     assert (host, port, wait) == ("lab1", 3001, 9.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=300), max_size=10))
+def test_whatever_a_server_sends_is_payload_or_dropped_never_an_exception(chunks) -> None:
+    stream = TelnetStream()
+    for chunk in chunks:
+        payload, replies = stream.feed(chunk)
+        assert len(payload) <= len(chunk)
+        assert len(replies) <= 3 * len(chunk)  # one 3-byte answer per request at most
+    assert len(stream._sub) <= telnet.MAX_SUBNEGOTIATION
