@@ -30,9 +30,6 @@ from zflash.package.reader import Package
 
 TRUST = ["--trust", str(SIGNING_PUB)]
 FLASH_TIMEOUT = 120.0
-HEAVY_CORRUPTION = ("5% corruption over TCP: the flash runs past 120 s (retransmission "
-                    "timeouts and no progress deadline in zflash/targets/zdl/session.py, being "
-                    "fixed separately)")
 
 
 def _package_layout() -> tuple[set[str], int, int]:
@@ -89,24 +86,12 @@ def _matrix() -> list[Cell]:
 FAST = {"tcp-power-loss=begin:1", f"tcp-power-loss=write-block:{BLOCKS // 2}",
         "pty-power-loss=commit:2", "tcp-power-loss=set-active:1", "pty-power-loss=set-active:1",
         f"pty-drop-after={int(STORED * 0.5)}", f"pty-stall-after={STORED // 2}",
-        "tcp-corrupt=0.01"}
-
-
-def _expected_failure(cell: Cell) -> str | None:
-    if cell.link == "tcp" and cell.corrupt >= 0.05:
-        return HEAVY_CORRUPTION
-    return None
+        "tcp-corrupt=0.01", "tcp-corrupt=0.05"}
 
 
 def _params() -> list:
-    params = []
-    for cell in _matrix():
-        marks = [] if cell.name in FAST else [pytest.mark.slow]
-        reason = _expected_failure(cell)
-        if reason:
-            marks.append(pytest.mark.xfail(strict=True, reason=reason))
-        params.append(pytest.param(cell, id=cell.name, marks=marks))
-    return params
+    return [pytest.param(cell, id=cell.name, marks=[] if cell.name in FAST else [pytest.mark.slow])
+            for cell in _matrix()]
 
 
 def _flash(url: str) -> subprocess.CompletedProcess[str]:

@@ -13,21 +13,28 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 import pytest
 
 from conftest import SIGNING_PUB
 from emulator_helpers import GOOD, NEWER, demo_profile
+from zflash.emulator.device import EmulatedDevice
 from zflash.emulator.runner import EmulatorRunner, LinkFaults
+from zflash.emulator.storage import Storage
 from zflash.errors import Code, ZflashError
-from zflash.protocol.zdl import Data, DeviceEngine, Done, Identify, MsgType, Read
+from zflash.facts import DeviceFacts
+from zflash.protocol.zdl import (BlockHashes, CommitPartition, Data, DeviceEngine, Done, Erase,
+                                 Facts, Hashes, Identify, MsgType, Read, Reboot, SetActive,
+                                 WriteBlock)
 from zflash.protocol.zdl.constants import CHUNK_HEADER, FLAG_CHUNK, SWITCH_BAUDS
 from zflash.protocol.zdl.frames import FrameDecoder, encode_frame, encode_frame_parts
 from zflash.protocol.zdl.host import HostEngine
-from zflash.targets.zdl.session import SessionOptions, ZdlSession
+from zflash.targets.zdl.session import MIN_WORK_RATE, SessionOptions, ZdlSession
 from zflash.transport.open import open_transport
 
 TRUST = ["--trust", str(SIGNING_PUB)]
@@ -186,7 +193,9 @@ def test_timeout_bounds_the_handshake():
 class FakeDevice:
     """A device on loopback that answers the handshake, then misbehaves with ``act``."""
 
-    def __init__(self, act: Callable[[socket.socket, DeviceEngine, threading.Event], None]):
+    def __init__(self, act: Callable[[socket.socket, DeviceEngine, threading.Event], None],
+                 on: tuple[type, ...] = (Identify, Read)):
+        self._on = on
         self._server = socket.socket()
         self._server.bind(("127.0.0.1", 0))
         self._server.listen(1)
@@ -209,7 +218,7 @@ class FakeDevice:
                 if not data:
                     return
                 for event in engine.receive_data(data):
-                    if isinstance(event, (Identify, Read)):
+                    if isinstance(event, self._on):
                         conn.sendall(b"".join(engine.data_to_send()))
                         self._act(conn, engine, self.stop)
                         return
@@ -312,3 +321,194 @@ def test_the_progress_allowance_covers_one_frame_at_the_nominal_rate():
     fast = ZdlSession(_Line(4_000_000), SessionOptions(progress_limit=120.0))  # type: ignore[arg-type]
     fast.session = Session(1, 256 << 10, 32, ("none",))
     assert fast.progress_limit == 120.0
+
+
+# ------------------------------------------------------------------ the answer deadline
+def busy_then(seconds: float | None, answer: Callable[[object], object] | None = None):
+    """A device that works on the request for ``seconds`` (keep-alives every 0.1 s, as the
+    emulator does every 0.5 s), then answers; ``None``: it works forever."""
+    def act(conn: socket.socket, engine: DeviceEngine, stop: threading.Event) -> None:
+        end = None if seconds is None else time.monotonic() + seconds
+        while (end is None or time.monotonic() < end) and not stop.wait(0.1):
+            conn.sendall(b"".join(engine.keepalive()))
+        if end is not None and answer is not None:
+            conn.sendall(b"".join(engine.respond(answer(engine))))
+            stop.wait(5)
+    return act
+
+
+#: 40 MB of flash to hash: a work allowance of 2 s at the 20 MB/s floor
+BIG_HASH = BlockHashes("system", "a", 0, 610, 65536)
+
+
+def _hashes(engine: object) -> Hashes:
+    return Hashes(tuple(bytes(32) for _ in range(BIG_HASH.count)))
+
+
+def _facts(engine: object) -> Facts:
+    return Facts(emulated_facts_for_test())
+
+
+def emulated_facts_for_test() -> DeviceFacts:
+    """The facts a fresh emulated demo device reports (real partition sizes)."""
+    with tempfile.TemporaryDirectory() as root:
+        return EmulatedDevice(Storage.create(Path(root) / "dev", demo_profile())).facts()
+
+
+@pytest.mark.parametrize("request_,busy,answer,ok", [
+    (Identify(), 1.0, _facts, False),      # no flash work: the 0.5 s base alone
+    (BIG_HASH, 1.0, _hashes, True),        # 1 s of work within its 2.5 s allowance
+    (BIG_HASH, None, None, False),         # keep-alives forever never extend it
+], ids=["identify-busy-1s", "hash-40MB-busy-1s", "hash-40MB-busy-forever"])
+def test_a_request_gets_its_work_allowance_and_keepalives_never_extend_it(request_, busy,
+                                                                          answer, ok):
+    device = FakeDevice(busy_then(busy, answer), on=(type(request_),))
+    transport = open_transport(device.url, timeout=2)
+    try:
+        session = ZdlSession(transport, SessionOptions(max_data=4096, answer_limit=0.5))
+        session.connect()
+        if ok:
+            got = session.request(request_, (Hashes, Facts))
+            assert isinstance(got, Hashes) and len(got.digests) == BIG_HASH.count
+            assert session.stats["retransmissions"] == 0
+        else:
+            with pytest.raises(ZflashError) as caught:
+                session.request(request_, (Hashes, Facts))
+            assert caught.value.code == Code.TIMEOUT, caught.value
+            assert "waiting for its answer" in caught.value.detail
+    finally:
+        transport.close()
+        device.close()
+
+
+class _Wire(_Line):
+    """A serial Transport stand-in that keeps what the session writes (no real I/O)."""
+
+    def __init__(self, baudrate: int) -> None:
+        super().__init__(baudrate)
+        self.written = bytearray()
+
+    def write(self, data) -> None:
+        self.written += bytes(data)
+
+
+def _session_with_device(**options) -> tuple[ZdlSession, DeviceEngine, _Wire]:
+    wire = _Wire(115200)
+    session = ZdlSession(wire, SessionOptions(max_data=4096, **options))  # type: ignore[arg-type]
+    device = DeviceEngine(max_data=4096)
+    session._send(session.engine.hello())
+    device.receive_data(bytes(wire.written))
+    wire.written.clear()
+    session.engine.receive_data(b"".join(device.data_to_send()))
+    list(session._drain_events())
+    session.session = session.engine.session
+    return session, device, wire
+
+
+def test_a_long_operation_may_outlast_the_drain_bound_by_its_size():
+    """COMMIT of an 8 GiB image (16 GiB to zero, hash, move at 20 MB/s): far past 120 s."""
+    session, device, wire = _session_with_device(progress_limit=120.0)
+    session.start_request(CommitPartition(0), work=16 << 30)
+    device.receive_data(bytes(wire.written))
+    session.engine.receive_data(b"".join(device.keepalive()))
+    list(session._drain_events())
+    assert session._stuck_limit == pytest.approx(5.0 + (16 << 30) / MIN_WORK_RATE)
+    assert session._stuck_limit > 800
+
+
+def test_the_answer_deadline_applies_only_once_nothing_is_on_its_way():
+    """Drain bound while the request's frames are unacknowledged or a device frame is still
+    arriving; the short answer deadline once the device acknowledged all of it."""
+    session, device, wire = _session_with_device(progress_limit=120.0, connect_timeout=7.0)
+    session.start_request(Identify())
+    assert not session.engine.answer_due
+    assert session._stuck_limit == session.progress_limit  # our request is still on its way
+    device.receive_data(bytes(wire.written))
+    session.engine.receive_data(b"".join(device.keepalive()))  # an ACK: the request arrived
+    list(session._drain_events())
+    assert session.engine.answer_due
+    assert session._stuck_limit == pytest.approx(7.0)  # --timeout, no flash work for IDENTIFY
+    answer = b"".join(device.respond(Facts(emulated_facts_for_test())))
+    session.engine.receive_data(answer[:40])  # the header of FACTS checked, the rest to come
+    list(session._drain_events())
+    assert session.engine.receiving
+    assert session._stuck_limit == session.progress_limit  # a slow line may take its time
+    session.engine.receive_data(answer[40:])
+    assert any(isinstance(e, Facts) for e in session._drain_events())
+    assert not session.engine.answer_due
+
+
+def test_the_answer_base_follows_timeout_with_a_floor():
+    from zflash.targets.zdl.session import ANSWER_FLOOR
+    assert ZdlSession(_Line(115200), SessionOptions()).answer_base == 5.0  # type: ignore[arg-type]
+    assert ZdlSession(_Line(115200), SessionOptions(  # type: ignore[arg-type]
+        connect_timeout=30.0)).answer_base == 30.0
+    assert ZdlSession(_Line(115200), SessionOptions(  # type: ignore[arg-type]
+        connect_timeout=0.5)).answer_base == ANSWER_FLOOR  # two lost answers still re-asked
+
+
+def test_device_work_comes_from_the_request_or_the_facts():
+    session = ZdlSession(_Line(115200), SessionOptions())  # type: ignore[arg-type]
+    assert session.device_work(Identify()) == 0
+    assert session.device_work(BIG_HASH) == 610 * 65536
+    assert session.device_work(Read("boot", "a", 0, 12345)) == 12345
+    assert session.device_work(Erase("boot", "a")) is None  # no facts yet: drain bound only
+    session.facts = facts = emulated_facts_for_test()
+    boot = facts.partition("boot")
+    assert boot is not None and session.device_work(Erase("boot", "a")) == boot.size
+    # one slot's images and the unslotted partitions, never userdata (no update reads it)
+    update = sum(p.size for p in facts.partitions if p.name != "userdata")
+    assert 0 < update < sum(p.size for p in facts.partitions)
+    assert session.device_work(SetActive("b")) == update
+    assert session.device_work(Reboot({})) == update
+
+
+def acks_some_blocks_then_only_keepalives(conn: socket.socket, engine: DeviceEngine,
+                                          stop: threading.Event) -> None:
+    """Honest for the first 40 blocks (so the host measures the stream), then it keeps the
+    link alive with keep-alives (repeated ACKs) and swallows every further block."""
+    conn.settimeout(0.05)
+    blocks = 1
+    while not stop.is_set():
+        try:
+            data = conn.recv(1 << 16)
+        except socket.timeout:
+            data = b""
+        if blocks < 40 and data:
+            blocks += sum(isinstance(e, WriteBlock) for e in engine.receive_data(data))
+            conn.sendall(b"".join(engine.data_to_send()))
+        elif blocks >= 40:
+            conn.sendall(b"".join(engine.keepalive()))
+
+
+def test_a_block_stream_that_stops_moving_ends_at_the_stream_deadline():
+    """Keep-alives during the block stream do not hold it: once its rate is known, the next
+    ACK is due within the stream base plus three times what is in flight at that rate."""
+    device = FakeDevice(acks_some_blocks_then_only_keepalives, on=(WriteBlock,))
+    transport = open_transport(device.url, timeout=2)
+    try:
+        session = ZdlSession(transport, SessionOptions(max_data=4096, window=8,
+                                                       stream_limit=1.0))
+        session.connect()
+        acked: list[int] = []
+        blocks = ((0, n, 0, bytes([n % 256]) * 4096) for n in range(10_000))
+        with pytest.raises(ZflashError) as caught:
+            session.write_blocks(blocks, acked.append)
+        assert caught.value.code == Code.TIMEOUT, caught.value
+        assert "an ACK of the blocks in flight" in caught.value.detail
+        assert 0 < sum(acked) < 10_000 * 4096  # it moved, then it stopped
+    finally:
+        transport.close()
+        device.close()
+
+
+def test_the_stream_deadline_grows_with_what_is_in_flight():
+    session, device, wire = _session_with_device(progress_limit=120.0, stream_limit=2.0)
+    assert session._stuck_limit == 120.0  # no stream rate known: the drain bound
+    session._stream_rate = 1e6
+    for n in range(4):
+        session._send(session.engine.send_block(0, n, 0, b"x" * 4096))
+    in_flight = session.engine.in_flight_bytes
+    assert session._stuck_limit == pytest.approx(2.0 + 3 * in_flight / 1e6)
+    session._stream_rate = 100.0  # a crawling stream: the drain bound caps it
+    assert session._stuck_limit == 120.0

@@ -44,9 +44,10 @@ def link_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--timeout", type=click.FloatRange(0.1, 600), default=5.0,
                         show_default=True,
                         help="Seconds to wait for the device to appear (open or connect) and "
-                             "to answer the ZDL handshake. After that the link has its own "
-                             "bounds: 10 s without a sign of life is a lost link (9024), "
-                             "120 s without progress a stuck device (9025).")(func)
+                             "to answer the ZDL handshake; also the base of each request's "
+                             "answer deadline (at least 4.5 s, plus the request's flash work "
+                             "at 20 MB/s; keep-alives do not extend it: 9025). 10 s without "
+                             "a sign of life is a lost link (9024).")(func)
 
 
 def link_settings(baud: int | None, max_data: int, window: int,

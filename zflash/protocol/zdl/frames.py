@@ -113,6 +113,12 @@ class FrameDecoder:
         """Whether a candidate frame is waiting for more bytes (all input scanned)."""
         return not self._work and (self._body is not None or bool(self._pending))
 
+    @property
+    def in_frame(self) -> bool:
+        """Whether a frame whose header passed its checks is still arriving (its payload or
+        CRC incomplete): the one state in which a peer may take long without a new frame."""
+        return self._body is not None
+
     def abandon_partial(self) -> bool:
         """The line went quiet inside a candidate frame: give it up and rescan its bytes.
 

@@ -261,6 +261,19 @@ class HostEngine:
         progress): bytes taken into candidate frames not yet complete."""
         return self._decoder.candidate_bytes
 
+    @property
+    def answer_due(self) -> bool:
+        """A request is outstanding and the device acknowledged every frame of it: none of
+        the host's bytes are still on their way, so only the device's work and its answer
+        stand between now and the next progress (the caller's short answer deadline)."""
+        request = self._request
+        return request is not None and not self._queued and request.last_seq <= self._acked
+
+    @property
+    def receiving(self) -> bool:
+        """A device frame whose header checked out is still arriving (a slow line)."""
+        return self._decoder.in_frame
+
     def abandon_partial(self) -> bool:
         """The line went quiet inside a frame: give it up and rescan (zdl.md 2.3)."""
         return self._decoder.abandon_partial()

@@ -3,9 +3,11 @@
 The engine decides what to send; this class does the I/O and the timing the engine leaves to
 its caller (zdl.md 5.4): a retransmission timeout that starts short and adapts to the measured
 delivery rate, a lost link after ``life_limit`` s without a valid frame (9024), a stuck device
-after ``progress_limit`` s without progress however many keep-alives it sends (9025), and the
-serial baud switch with its confirming PING and fallback. State lives in the object, so many
-sessions can run at once, one per device.
+(9025) once it made no progress for as long as what is outstanding allows, however many
+keep-alives it sends (``_stuck_limit``: the short answer deadline of a wholly acknowledged
+request, the stream deadline once the block stream's rate is known, else the drain bound
+``progress_limit``), and the serial baud switch with its confirming PING and fallback. State
+lives in the object, so many sessions can run at once, one per device.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from typing import Callable, Iterable, Iterator
 
 from zflash.errors import Code, ZflashError
 from zflash.facts import DeviceFacts
-from zflash.protocol.zdl import (NEED_DATA, BaudSwitched, BlockRejected, Data, Error, Facts,
-                                 HostEngine, Identify, Message, ReadDone, Retransmitted, Session,
-                                 SessionStarted)
+from zflash.protocol.zdl import (NEED_DATA, BaudSwitched, BlockHashes, BlockRejected, Data,
+                                 Erase, Error, Facts, HostEngine, Identify, Message, ReadDone,
+                                 Retransmitted, Session, SessionStarted)
 from zflash.protocol.zdl import Read as ReadRequest
 from zflash.protocol.zdl.constants import check_baud
 from zflash.transport.base import Transport
@@ -41,6 +43,20 @@ PROGRESS_LIMIT = 120.0
 #: keep-alive interval, far below the nominal-baud estimate (a window at 115200 is minutes)
 RTO_FLOOR = 1.5
 RTO_CEILING = LIFE_LIMIT / 2  # at least one retransmission before the link is given up
+#: a request the device acknowledged in full owes only its work and its answer: it must show
+#: progress (an answer, a new answer piece, new READ data) within this base plus its work
+#: allowance. ``--timeout`` raises the base; it never goes below three RTO floors, so a lost
+#: answer can be asked for again twice (zdl.md 5.4) before the device is called stuck.
+ANSWER_FLOOR = 3 * RTO_FLOOR
+#: the slowest rate (bytes/s) a device is assumed to read, hash, copy or zero its flash at:
+#: a long operation gets its size at this rate on top of the base. Keep-alives carry no
+#: progress (zdl.md 5.2), so they never extend it.
+MIN_WORK_RATE = 20e6
+#: the block stream's base (seconds): once the stream's average delivery rate is known, the
+#: next ACK is due within this plus three times what is in flight at that rate. Longer than
+#: the answer base: a real device's flash may stall writes for seconds (an eMMC collecting
+#: garbage) while it keeps sending keep-alives.
+STREAM_FLOOR = 15.0
 #: a write to a byte stream goes out in pieces this big; between pieces that took a while,
 #: what the device sent meanwhile (keep-alives) is read, so a long write on a slow line
 #: neither fills the device's output buffer nor hides the device's signs of life
@@ -61,8 +77,15 @@ class SessionOptions:
     connect_timeout: float = 5.0
     #: seconds of device silence (no valid frame) that mean a lost link
     life_limit: float = LIFE_LIMIT
-    #: seconds without progress (frames, but nothing new) that end a request or the stream
+    #: seconds without progress (frames, but nothing new) while bytes are still on their
+    #: way (the host's frames unacknowledged, a device frame arriving): the drain bound
     progress_limit: float = PROGRESS_LIMIT
+    #: the answer deadline's base (seconds) for a wholly acknowledged request; None:
+    #: ``connect_timeout`` (``--timeout``), at least ``ANSWER_FLOOR``
+    answer_limit: float | None = None
+    #: the block stream deadline's base (seconds); None: ``STREAM_FLOOR`` or the answer
+    #: base, whichever is longer
+    stream_limit: float | None = None
 
     def __post_init__(self) -> None:
         if self.baud is not None:
@@ -80,6 +103,15 @@ class ZdlSession:
         self.emit = emit or (lambda event: None)
         self.session: Session | None = None
         self.rejected: list[BlockRejected] = []
+        #: what IDENTIFY reported: partition sizes bound the work of later requests
+        self.facts: DeviceFacts | None = None
+        #: seconds the outstanding request may take without progress once the device has
+        #: acknowledged all of it; None: only the drain bound applies
+        self._answer_allowance: float | None = None
+        #: the block stream's average delivery rate so far (bytes/s; None: none measured,
+        #: or no stream running): an average, not the RTO's moving estimate, so a burst of
+        #: ACKs read apart cannot make it look faster than the link
+        self._stream_rate: float | None = None
         self._measured_rate: float | None = None
         #: a serial line is never slower than its nominal rate: the floor the progress
         #: allowance for one frame is computed from (never the RTO: a pty is far faster)
@@ -157,6 +189,72 @@ class ZdlSession:
             limit = max(limit, 3 * (self.session.max_data + 16) / min(rates))
         return limit
 
+    @property
+    def answer_base(self) -> float:
+        """Seconds a wholly acknowledged request may go without progress, before its work."""
+        limit = self.options.answer_limit
+        return limit if limit is not None else max(ANSWER_FLOOR, self.options.connect_timeout)
+
+    @property
+    def stream_base(self) -> float:
+        """Seconds the block stream may go without a freeing ACK, before its drain time."""
+        limit = self.options.stream_limit
+        return limit if limit is not None else max(STREAM_FLOOR, self.answer_base)
+
+    def device_work(self, message: Message) -> int | None:
+        """Bytes of flash the device may read, hash, copy or zero before it answers
+        ``message``: from the request itself where it says (BLOCK_HASHES, READ: the
+        emulator prepares a READ before its first DATA), else from IDENTIFY's facts (the
+        partition; for the rest, one slot's images and the unslotted partitions but
+        userdata, which no update or boot check reads); None when nothing bounds it."""
+        if isinstance(message, Identify):
+            return 0
+        if isinstance(message, BlockHashes):
+            return message.count * message.block_size
+        if isinstance(message, ReadRequest):
+            return message.length
+        facts = self.facts
+        if facts is None:
+            return None
+        if isinstance(message, Erase) and (part := facts.partition(message.partition)):
+            return part.size
+        return sum(p.size for p in facts.partitions if p.name != "userdata")
+
+    def _set_allowance(self, message: Message, work: int | None) -> None:
+        work = self.device_work(message) if work is None else work
+        self._answer_allowance = None if work is None else \
+            self.answer_base + work / MIN_WORK_RATE
+
+    @property
+    def _stuck_limit(self) -> float:
+        """Seconds without progress that end the session now (9025)."""
+        return self._stuck_rule()[0]
+
+    def _stuck_rule(self) -> tuple[float, str]:
+        """Seconds without progress that mean a stuck device, now (zdl.md 5.4).
+
+        Once the device acknowledged every frame of the outstanding request, nothing of ours
+        is draining: the answer deadline (base plus work allowance; a long operation's grows
+        with its size, past the drain bound); while a frame of the answer is arriving, at
+        least the drain bound. In the block stream, once its rate is known: the stream base
+        plus three times the bytes in flight at that rate, capped by the drain bound.
+        Otherwise (bytes on their way, nothing known) the drain bound.
+        """
+        limit = self.progress_limit
+        engine = self.engine
+        if self._answer_allowance is not None and engine.answer_due:
+            if engine.receiving:
+                return max(limit, self._answer_allowance), "a frame still arriving"
+            return self._answer_allowance, "its answer"
+        if engine.receiving:
+            return limit, "a frame still arriving"
+        if self._stream_rate and not engine.request_pending:
+            frame = (self.session.max_data + 16) if self.session else 0
+            drain = 3 * max(engine.in_flight_bytes, frame) / self._stream_rate
+            return min(limit, self.stream_base + drain), \
+                "an ACK of the blocks in flight"
+        return limit, "progress"
+
     def _note_progress(self, acked_bytes: int, seconds: float) -> None:
         if seconds <= 0 or acked_bytes <= 0:
             return
@@ -200,21 +298,23 @@ class ZdlSession:
         """Wait for input until the next deadline; yield its events, repair or give up.
 
         Three clocks (zdl.md 5.4): the RTO since the device's last frame (and our last
-        write) re-sends; ``life_limit`` of silence is a lost link (9024); ``progress_limit``
-        without progress is a stuck device (9025), however many keep-alives it sends.
+        write) re-sends; ``life_limit`` of silence is a lost link (9024); no progress for
+        ``_stuck_limit`` is a stuck device (9025), however many keep-alives it sends.
         """
         now = time.monotonic()
         retransmit_at = max(self._last_life, self._last_send) + self.rto
         dead_at = self._last_life + self.options.life_limit
-        stuck_at = self._last_progress + self.progress_limit
+        stuck_at = self._last_progress + self._stuck_limit
         yield from self._exchange(min(retransmit_at, dead_at, stuck_at) - now)
         now = time.monotonic()
         if now >= self._last_life + self.options.life_limit:
             raise ZflashError(Code.LINK_LOST, "no sign of life from the device for "
                               f"{now - self._last_life:.1f} s")
-        if now >= self._last_progress + self.progress_limit:
-            raise ZflashError(Code.TIMEOUT, "the device answers but made no progress for "
-                              f"{now - self._last_progress:.1f} s")
+        limit, what = self._stuck_rule()
+        if now >= self._last_progress + limit:
+            raise ZflashError(Code.TIMEOUT, "the device made no progress for "
+                              f"{now - self._last_progress:.1f} s (waiting for {what}; "
+                              "keep-alives alone do not count)")
         if now >= max(self._last_life, self._last_send) + self.rto:
             self.engine.abandon_partial()
             yield from self._drain_events()
@@ -283,13 +383,16 @@ class ZdlSession:
                                self.session.window, self.session.codecs, None)
 
     # ------------------------------------------------------------------ requests
-    def request(self, message: Message, expect: type | tuple[type, ...]) -> object:
-        """Send one request and wait for its answer; a device ERROR becomes its coded error."""
-        self.start_request(message)
+    def request(self, message: Message, expect: type | tuple[type, ...],
+                work: int | None = None) -> object:
+        """Send one request and wait for its answer; a device ERROR becomes its coded error.
+        ``work``: bytes of flash the device may process first (else ``device_work``)."""
+        self.start_request(message, work)
         return self.finish_request(expect)
 
-    def start_request(self, message: Message) -> None:
+    def start_request(self, message: Message, work: int | None = None) -> None:
         """Send a request without waiting, so the host can work while the device does."""
+        self._set_allowance(message, work)
         self._start_clock()
         self._send(self.engine.send(message))
 
@@ -303,17 +406,25 @@ class ZdlSession:
                     return event
 
     def identify(self) -> DeviceFacts:
-        facts = self.request(Identify(), Facts)
-        return facts.facts  # type: ignore[attr-defined]
+        answer = self.request(Identify(), Facts)
+        facts: DeviceFacts = answer.facts  # type: ignore[attr-defined]
+        self.facts = facts
+        return facts
 
     def write_blocks(self, blocks: Iterable[tuple[int, int, int, bytes]],
                      on_acked: Callable[[int], None] | None = None) -> None:
         """Stream blocks with a full window in flight; return when all are acknowledged."""
-        pending = iter(blocks)
+        try:
+            self._stream(iter(blocks), on_acked)
+        finally:
+            self._stream_rate = None  # the stream deadline ends with its stream
+
+    def _stream(self, pending: Iterator[tuple[int, int, int, bytes]],
+                on_acked: Callable[[int], None] | None) -> None:
         exhausted = False
-        acked = self.engine.bytes_acked
+        acked = first_acked = self.engine.bytes_acked
         self._start_clock()
-        last_progress = time.monotonic()
+        last_progress = started = time.monotonic()
         while True:
             frames: list[bytes] = []  # a window's worth goes out in as few writes as possible
             while not exhausted and self.engine.can_send_block():
@@ -337,14 +448,18 @@ class ZdlSession:
                 if on_acked:
                     on_acked(self.engine.bytes_acked - acked)
                 acked, last_progress = self.engine.bytes_acked, now
+                if now > started:
+                    self._stream_rate = (acked - first_acked) / (now - started)
 
     def read(self, partition: str, slot: str | None, offset: int, length: int,
              sink: Callable[[bytes], None]) -> None:
         """READ a range, asking again for the rest after an incomplete stream."""
         position, end = offset, offset + length
         while position < end:
+            request = ReadRequest(partition, slot, position, end - position)
+            self._set_allowance(request, None)
             self._start_clock()
-            self._send(self.engine.send(ReadRequest(partition, slot, position, end - position)))
+            self._send(self.engine.send(request))
             done: ReadDone | None = None
             while done is None:
                 for event in self._pump():

@@ -71,13 +71,17 @@ class ZdlTarget(Target):
         return list(answer.digests)  # type: ignore[attr-defined]
 
     def keep(self, index: int, part: PartitionEntry, blocks: list[int]) -> set[int]:
-        kept = self.session.request(KeepBlocks(index, to_ranges(blocks)), Kept)
+        kept = self.session.request(KeepBlocks(index, to_ranges(blocks)), Kept,
+                                    work=2 * len(blocks) * part.block_size)  # check, copy
         taken = BlockSet.from_ranges(part.block_count, kept.ranges)  # type: ignore[attr-defined]
         return {b for b in blocks if b in taken}
 
     # ------------------------------------------------------------ update
     def begin(self, package: Package, identity: Identity) -> UpdateStart:
-        ready = self.session.request(BeginUpdate(package.head.head_bytes()), UpdateReady)
+        # the device checks the head and re-verifies what an interrupted attempt staged
+        staged = sum(part.size for part in package.manifest.partitions)
+        ready = self.session.request(BeginUpdate(package.head.head_bytes()), UpdateReady,
+                                     work=staged)
         assert isinstance(ready, UpdateReady)
         return UpdateStart(ready.slot, ready.session, dict(ready.have))
 
@@ -115,7 +119,8 @@ class ZdlTarget(Target):
 
     def verify_partition(self, index: int, part: PartitionEntry,
                          slot: str | None) -> Verification:
-        answer = self.session.request(CommitPartition(index), Ok)
+        # zero-fill, hash the whole image, move it into place
+        answer = self.session.request(CommitPartition(index), Ok, work=2 * part.size)
         digest = answer.info.get("sha256")  # type: ignore[attr-defined]
         if not isinstance(digest, str) or len(digest) != 64:
             raise ZflashError(Code.PROTOCOL, f"{part.name}: the device committed without "
