@@ -1,5 +1,5 @@
-"""`python -m zflash` runs the command line."""
+"""`python -m zflash` runs the command line (through the same entry as the `zflash` script)."""
 
-from zflash.cli import main
+from zflash.entry import run
 
-main()
+run()
