@@ -1,4 +1,4 @@
-"""The console script's fast answers (zflash/entry.py, D180): the same bytes as the click CLI,
+"""The console script's fast answers (zflash/__main__.py, D180): the same bytes as the click CLI,
 without importing click, and click for everything the fast path is not sure of."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from zflash import entry
+from zflash import __main__ as entry
 from zflash.cli import main
 from zflash.errors import TABLE
 
@@ -19,7 +19,7 @@ def _script(args: list[str], env: dict[str, str] | None = None,
             **kwargs) -> subprocess.CompletedProcess:
     """Run ``entry.run`` as the `zflash` script does (argv[0] "zflash", __main__ a script),
     and list on stderr's last line whether click was imported."""
-    probe = ("import sys\nsys.argv = ['zflash'] + sys.argv[1:]\nfrom zflash.entry import run\n"
+    probe = ("import sys\nsys.argv = ['zflash'] + sys.argv[1:]\nfrom zflash.__main__ import run\n"
              "try:\n    run()\nexcept SystemExit as exc:\n    code = exc.code\n"
              "sys.stderr.write('\\nclick loaded: %s' % ('click' in sys.modules))\n"
              "sys.exit(code)\n")
@@ -94,7 +94,7 @@ def test_fast_answer_to_a_closed_pipe_exits_quietly():
     try:
         result = subprocess.run(
             [sys.executable, "-c", "import sys\nsys.argv = ['zflash', 'errors', '9012']\n"
-             "from zflash.entry import run\nrun()"],
+             "from zflash.__main__ import run\nrun()"],
             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
     finally:
         os.close(write_end)

@@ -266,7 +266,7 @@ def describe(code: int) -> str:
     """The plain-text entry `zflash errors CODE` prints: the row, then each cause and its fix.
 
     Here rather than in the command, so that the console script can print it without
-    importing click (zflash/entry.py).
+    importing click (zflash/__main__.py).
     """
     info = TABLE[code]
     lines = [f"{info.code}  exit {info.exit_status:<3} {info.meaning}", f"      fix: {info.fix}"]
