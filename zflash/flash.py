@@ -22,9 +22,10 @@ from zflash.checks import Failure, check_all
 from zflash.errors import Code, ZflashError
 from zflash.events import stamping
 from zflash.facts import DeviceFacts
-from zflash.package.format import KIND_ZERO, PartitionEntry
+from zflash.package import blockmap
+from zflash.package.format import KIND_ZERO, BlockTable, PartitionEntry, block_length
 from zflash.package.reader import Package
-from zflash.targets.base import Emit, Identity, LinkOptions, Target, bytes_of
+from zflash.targets.base import Emit, Identity, LinkOptions, Target
 from zflash.targets.blocks import BlockCheck, BlockSet, PartitionBlocks
 from zflash.targets.registry import open_target
 
@@ -185,7 +186,7 @@ def _run(target: Target, package: Package, trust: TrustStore, options: FlashOpti
           "partitions": [p.name for p in manifest.partitions]})
     for index, part in enumerate(manifest.partitions):
         have = BlockSet.from_ranges(part.block_count, start.resumed.get(index, ()))
-        candidates = {b for b in on_device.get(index, set()) if b not in have} \
+        candidates = set(on_device.get(index, ())) - set(have) \
             if start.slot == identity.facts.inactive_slot else set()
         checked = None if check is None else check.checked[part.name]
         _write_partition(target, PartitionBlocks(package, part, checked), index, have,
@@ -262,16 +263,18 @@ def _write_partition(target: Target, blocks: PartitionBlocks, index: int,
                      summary: FlashSummary, emit: Emit) -> None:
     part = blocks.part
     kinds = blocks.table.kinds()
-    summary.resumed_blocks += sum(1 for b in have if kinds[b] != KIND_ZERO)
+    zeros = blockmap.of_kind(kinds, KIND_ZERO)
+    summary.resumed_blocks += len(have) - blockmap.intersection(have.bits(), zeros).count(1)
     summary.zero_blocks += kinds.count(KIND_ZERO)
     if candidates:
-        kept = target.keep(index, part, sorted(candidates))
-        summary.kept_blocks += sum(1 for b in kept if b not in have)
-        have.update(kept)
-    skipped = bytes_of(part, have)
+        kept = blockmap.from_runs(part.block_count, _runs_of(target.keep(
+            index, part, sorted(candidates))))
+        summary.kept_blocks += blockmap.without(kept, have.bits()).count(1)
+        have.merge(kept)
+    skipped = _bytes_in(part, have.bits())
     # not the same claim: data blocks the device already holds (resumed, kept after its
     # hash matched) versus zero blocks it writes itself where its flash is not zero
-    zero = bytes_of(part, (b for b in have if kinds[b] == KIND_ZERO))
+    zero = _bytes_in(part, blockmap.intersection(have.bits(), zeros))
     summary.skipped_bytes += skipped
     emit({"event": "partition_started", "partition": part.name, "size": part.size,
           "skipped_bytes": skipped, "kept_bytes": skipped - zero, "zero_bytes": zero,
@@ -292,6 +295,29 @@ def _write_partition(target: Target, blocks: PartitionBlocks, index: int,
           "readback": check.by == "device",
           "sha256": check.sha256 if check.by == "device" else None,
           "expected_sha256": part.sha256})
+
+
+def _bytes_in(part: PartitionEntry, flags: bytes) -> int:
+    """Image bytes of the blocks in a block map of ``part`` (the last block may be short)."""
+    whole = flags.count(1) * part.block_size
+    last = part.block_count - 1
+    if last >= 0 and flags[last]:
+        whole -= part.block_size - block_length(part, last)
+    return whole
+
+
+def _runs_of(blocks: set[int]) -> Iterator[tuple[int, int]]:
+    """(first, count) runs of a set of block indexes."""
+    first = previous = None
+    for block in sorted(blocks):
+        if previous is not None and block == previous + 1:
+            previous = block
+            continue
+        if first is not None and previous is not None:
+            yield first, previous - first + 1
+        first = previous = block
+    if first is not None and previous is not None:
+        yield first, previous - first + 1
 
 
 class _DeltaProbe:
@@ -348,11 +374,9 @@ class _DeltaProbe:
             table = self.package.head.tables[part.name]
             found = self.found.setdefault(index, set())
             matched = self.matched.setdefault(index, set())
-            for offset, digest in enumerate(digests[:part.block_count - first]):
-                block = first + offset
-                if digest == table[block].sha256 and table[block].stored_size:
-                    found.add(block)
-                    matched.add(block)
+            for block in _matching(table, first, digests[:part.block_count - first]):
+                found.add(block)
+                matched.add(block)
             last = part.block_count - 1
             if first <= last < first + len(digests) and part.size % part.block_size \
                     and table[last].stored_size:
@@ -363,6 +387,30 @@ class _DeltaProbe:
             if self.requests:
                 self._ask()
         return self.found
+
+
+def _matching(table: BlockTable, first: int, digests: list[bytes]) -> Iterator[int]:
+    """The data blocks from ``first`` on whose reported digest equals the signed table's.
+
+    One compare of all but the last digest first (a re-flash: they all match; a short last
+    block is hashed over a whole block of flash, so it is looked at alone), else block by
+    block on slices of two byte strings; a zero block never matches (it carries no data)."""
+    stop = first + len(digests)
+    reported, expected = b"".join(digests), table.digests(first, stop)
+    data = blockmap.without(b"\x01" * len(digests),
+                            blockmap.of_kind(table.kinds()[first:stop], KIND_ZERO))
+    bulk = max(0, len(digests) - 1)
+    if reported[:bulk * 32] == expected[:bulk * 32]:
+        for start, count in blockmap.runs(data[:bulk]):
+            yield from range(first + start, first + start + count)
+        alone = blockmap.members(data[bulk:])
+        base = bulk
+    else:
+        alone, base = blockmap.members(data), 0
+    for offset in alone:
+        offset += base
+        if reported[offset * 32:offset * 32 + 32] == expected[offset * 32:offset * 32 + 32]:
+            yield first + offset
 
 
 def _data_runs(kinds: bytes, gap: int = 16) -> Iterator[tuple[int, int]]:

@@ -29,6 +29,7 @@ HEADER = struct.Struct("<8sHHIIIQ32s")
 HEADER_SIZE = HEADER.size  # 64
 ENTRY = struct.Struct("<32sB3sIQ")
 ENTRY_SIZE = ENTRY.size  # 48
+_DIGEST_OF_ENTRY = struct.Struct("<32s16x")  # an entry's digest, the rest skipped
 
 # Fixed limits, checked before anything is allocated or read.
 MAX_MANIFEST_SIZE = 1 << 20
@@ -307,6 +308,20 @@ class BlockTable(Sequence[BlockEntry]):
     def kinds(self) -> bytes:
         """The kind byte of every block, in order (one C-level slice, no objects)."""
         return bytes(self._data[32::ENTRY_SIZE])
+
+    def digests(self, start: int = 0, stop: int | None = None) -> bytes:
+        """The 32-byte SHA-256 of blocks ``start..stop``, back to back (no entry objects).
+
+        Why: a re-flash compares every block's signed hash with what the device reports;
+        comparing two byte strings is one C-level compare where an entry object per block
+        costs ~1 us each (D182)."""
+        count = len(self)
+        stop = count if stop is None else max(0, min(stop, count))
+        start = max(0, min(start, stop))
+        if start == stop:
+            return b""
+        view = self._data[start * ENTRY_SIZE:stop * ENTRY_SIZE]
+        return b"".join([digest for (digest,) in _DIGEST_OF_ENTRY.iter_unpack(view)])
 
 
 def decode_table(data: bytes | memoryview, part: PartitionEntry, start_offset: int

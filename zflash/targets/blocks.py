@@ -14,6 +14,7 @@ import threading
 from typing import Container, Iterable, Iterator
 
 from zflash.errors import ZflashError
+from zflash.package import blockmap
 from zflash.package.format import KIND_ZERO, BlockEntry, PartitionEntry
 from zflash.package.reader import Package, decode_block, expand_block
 
@@ -90,9 +91,10 @@ class PartitionBlocks:
     def stored(self, skip: Container[int]) -> Iterator[tuple[int, BlockEntry, bytes]]:
         """(index, table entry, stored bytes) of every block not in ``skip``, in order; a
         skipped block is not even read from the package."""
-        for index, entry in enumerate(self.table):
-            if index in skip:
-                continue
+        wanted = skip.absent() if isinstance(skip, BlockSet) else \
+            (i for i in range(len(self.table)) if i not in skip)
+        for index in wanted:
+            entry = self.table[index]
             data = read_stored(self.package, self.part, index)
             if self._needs_check(index):
                 decode_block(self.part, index, entry, data)
@@ -141,6 +143,22 @@ class BlockSet:
 
     def __len__(self) -> int:
         return self._bits.count(1)
+
+    def bits(self) -> bytes:
+        """The set as a block map (zflash.package.blockmap): one 0/1 byte per block."""
+        return bytes(self._bits)
+
+    def merge(self, flags: bytes | bytearray) -> None:
+        """Add every block set in ``flags``, a block map of the same partition."""
+        count = len(self._bits)
+        self._bits[:] = blockmap.union(self._bits, bytes(flags[:count]).ljust(count, b"\0"))
+
+    def absent(self) -> Iterator[int]:
+        """The partition's blocks not in the set, in order (one C-level find per block)."""
+        index = self._bits.find(0)
+        while index >= 0:
+            yield index
+            index = self._bits.find(0, index + 1)
 
     def __iter__(self) -> Iterator[int]:
         index = self._bits.find(1)
