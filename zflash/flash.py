@@ -105,11 +105,13 @@ def host_failures(package: Package, target: Target, identity: Identity,
     return failures + target.constraints(package.manifest, identity)
 
 
-def decide(failures: list[Failure], accept_unverifiable: bool, emit: Emit) -> list[str]:
+def decide(failures: list[Failure], accept_unverifiable: bool, emit: Emit,
+           skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> list[str]:
     """Refuse with every failure at once, before a byte is written.
 
     Mismatches come first (their code is the exit status); unverifiable checks refuse
     unless accepted, and accepted ones are reported (``check_unverified``) and returned.
+    ``skip``: checks still running, reported later; ``only``: report just these.
     """
     hard = [f for f in failures if f.code != Code.UNVERIFIABLE]
     open_ = [f for f in failures if f.code == Code.UNVERIFIABLE]
@@ -122,7 +124,7 @@ def decide(failures: list[Failure], accept_unverifiable: bool, emit: Emit) -> li
         emit({"event": "check_unverified", "accepted": True, **failure.to_dict()})
     touched = {_CATEGORY.get(f.check, f.check) for f in failures}
     for check in CHECKS:
-        if check not in touched:
+        if check not in touched and check not in skip and (only is None or check in only):
             emit({"event": "check_passed", "check": check})
     return [f.message for f in open_]
 
@@ -169,12 +171,24 @@ def _run(target: Target, package: Package, trust: TrustStore, options: FlashOpti
     if probe:
         probe.start()
     check = None if options.skip_host_checks else BlockCheck(package)
+    # A back-end that stages what it is sent (fastboot) streams while the blocks are still
+    # being hashed; its first write waits for the last hash (the gate, D183).
+    gate = _BlockGate(check, options, emit) if check and target.stages_downloads else None
     try:
         on_device = _check(target, package, identity, trust, options, probe, check,
-                           summary, emit)
+                           summary, emit, deferred=gate is not None)
+        _write(target, package, identity, options, check, gate, on_device, summary, emit)
     finally:
         if check:
             check.stop()  # nothing may read the package after the job
+    return summary
+
+
+def _write(target: Target, package: Package, identity: Identity, options: FlashOptions,
+           check: BlockCheck | None, gate: "_BlockGate | None", on_device: dict[int, set[int]],
+           summary: FlashSummary, emit: Emit) -> None:
+    """Everything after the checks: begin, each partition, switch, reboot."""
+    manifest = package.manifest
     start = target.begin(package, identity)
     slotted = any(p.slotted for p in manifest.partitions)
     if slotted and start.slot is not None and start.slot == identity.facts.current_slot:
@@ -188,9 +202,12 @@ def _run(target: Target, package: Package, trust: TrustStore, options: FlashOpti
         have = BlockSet.from_ranges(part.block_count, start.resumed.get(index, ()))
         candidates = set(on_device.get(index, ())) - set(have) \
             if start.slot == identity.facts.inactive_slot else set()
-        checked = None if check is None else check.checked[part.name]
-        _write_partition(target, PartitionBlocks(package, part, checked), index, have,
+        # gated: the sender need not hash (the gate holds every write until all checked)
+        checked = None if check is None or gate else check.checked[part.name]
+        _write_partition(target, PartitionBlocks(package, part, checked, gate), index, have,
                          candidates, start.slot, summary, emit)
+    if gate:
+        gate()  # nothing more is written before every block checked out
     if options.wipe_userdata:
         target.erase(USERDATA, None)
         emit({"event": "userdata_wiped"})
@@ -208,14 +225,32 @@ def _run(target: Target, package: Package, trust: TrustStore, options: FlashOpti
         emit({"event": "rebooted", "protocol": target.protocol, "slot": start.slot,
               "reported": boot.reported, **boot.details,
               "booted_slot": boot.booted_slot, "fell_back": boot.fell_back})
-    return summary
+
+
+class _BlockGate:
+    """Waits (once) for the block check still running while a staging back-end sends;
+    refuses with the corrupt block exactly as a check before the transfer would have."""
+
+    def __init__(self, check: BlockCheck, options: FlashOptions, emit: Emit) -> None:
+        self.check, self.options, self.emit = check, options, emit
+        self.passed = False
+
+    def __call__(self) -> None:
+        if self.passed:
+            return
+        failures = _block_failure(self.check.wait())
+        decide(failures, self.options.accept_unverifiable, self.emit,
+               only=("blocks",))  # raises PreflightRefused on a corrupt block
+        self.passed = True
 
 
 def _check(target: Target, package: Package, identity: Identity, trust: TrustStore,
            options: FlashOptions, probe: "_DeltaProbe | None", check: BlockCheck | None,
-           summary: FlashSummary, emit: Emit) -> dict[int, set[int]]:
+           summary: FlashSummary, emit: Emit, deferred: bool = False) -> dict[int, set[int]]:
     """Every check, blocks included (each block to be sent hashed once, while the device
-    answers the probe); returns the probe's matches. Raises with every refusal."""
+    answers the probe); returns the probe's matches. Raises with every refusal.
+
+    ``deferred``: the block check is started, not awaited; the gate reports it."""
     manifest = package.manifest
     if check:
         probed = probe.partitions if probe else set()
@@ -240,8 +275,10 @@ def _check(target: Target, package: Package, identity: Identity, trust: TrustSto
                                     if b not in probe.matched.get(i, set())])
                             for i, part in enumerate(manifest.partitions)
                             if i in probe.partitions)
-            failures = _block_failure(check.wait()) + failures
-        summary.unverified = decide(failures, options.accept_unverifiable, emit)
+            if not deferred:
+                failures = _block_failure(check.wait()) + failures
+        summary.unverified = decide(failures, options.accept_unverifiable, emit,
+                                    skip=("blocks",) if deferred and not signature_bad else ())
     return on_device
 
 

@@ -9,6 +9,7 @@ exhaust memory.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import queue
 import threading
@@ -232,8 +233,27 @@ class Package:
         return self.head.manifest
 
     def close(self) -> None:
+        mapped = getattr(self, "_map", None)
+        if mapped is not None:
+            self._map = None
+            try:
+                mapped.close()
+            except BufferError:
+                pass  # a view of it is still held (a traceback): unmapped by the GC
         if self._owns_file:
             self._file.close()
+
+    def stored_view(self, start: int, length: int) -> memoryview:
+        """``length`` stored bytes from payload offset ``start``, as a view of a read-only
+        map of the file: what a sender hands the kernel without a copy in user space (the
+        stock fastboot client sends its image from a map too). Checked to lie in the file."""
+        mapped = getattr(self, "_map", None)
+        if mapped is None:
+            self._map = mapped = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        offset = self.head.header.payload_offset + start
+        if start < 0 or length < 0 or offset + length > len(mapped):
+            raise malformed(f"stored bytes {start}+{length} lie outside the package")
+        return memoryview(mapped)[offset:offset + length]
 
     def __enter__(self) -> "Package":
         return self

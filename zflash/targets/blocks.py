@@ -11,11 +11,11 @@ before (a block the device was expected to keep but did not), and never hashes o
 from __future__ import annotations
 
 import threading
-from typing import Container, Iterable, Iterator
+from typing import Callable, Container, Iterable, Iterator
 
 from zflash.errors import ZflashError
 from zflash.package import blockmap
-from zflash.package.format import KIND_ZERO, BlockEntry, PartitionEntry
+from zflash.package.format import KIND_RAW, KIND_ZERO, BlockEntry, PartitionEntry
 from zflash.package.reader import Package, decode_block, expand_block
 
 
@@ -54,6 +54,8 @@ class BlockCheck:
             for index in indexes:
                 if self.failure is not None or self._stop.is_set():
                     return
+                if index in done:
+                    continue  # checked meanwhile by the sender (PartitionBlocks)
                 entry = table[index]
                 try:
                     decode_block(part, index, entry, read_stored(self.package, part, index))
@@ -81,9 +83,19 @@ class PartitionBlocks:
     against the table (None: trust every block, for a device that checks each itself)."""
 
     def __init__(self, package: Package, part: PartitionEntry,
-                 checked: set[int] | None) -> None:
+                 checked: set[int] | None, gate: Callable[[], None] | None = None) -> None:
         self.package, self.part, self.checked = package, part, checked
         self.table: list[BlockEntry] = package.head.tables[part.name]
+        self._gate = gate
+
+    def ready(self) -> None:
+        """Return only when every block of the package has checked out against the signed
+        table (else raise the refusal). A back-end whose sends are staged, not written
+        (``Capabilities.stages_downloads``), calls it before its first write command; for
+        every other back-end the blocks were checked before it was called, and it is a
+        no-op."""
+        if self._gate is not None:
+            self._gate()
 
     def _needs_check(self, index: int) -> bool:
         return self.checked is not None and index not in self.checked
@@ -100,6 +112,31 @@ class PartitionBlocks:
                 decode_block(self.part, index, entry, data)
                 self.checked.add(index)  # type: ignore[union-attr]
             yield index, entry, data
+
+    def raw_views(self, first: int, stop: int, limit: int = 4 << 20
+                  ) -> Iterator[bytes | memoryview]:
+        """The raw bytes of blocks ``first..stop`` in order, in pieces of at most ``limit``.
+
+        Blocks stored raw lie back to back in the payload (the table says so), so a run of
+        them is one view of the mapped package: no read into Python and no copy (D184).
+        A compressed block is expanded; a block not yet checked is checked first (only
+        when this partition's blocks are checked here at all)."""
+        table = self.table
+        kinds = table.kinds()
+        index = first
+        while index < stop:
+            if kinds[index] != KIND_RAW or self._needs_check(index):
+                yield self.raw_at(index)
+                index += 1
+                continue
+            end = index + 1
+            while end < stop and kinds[end] == KIND_RAW and not self._needs_check(end) and \
+                    (end - index + 1) * self.part.block_size <= limit:
+                end += 1
+            start = table[index].stored_offset
+            last = table[end - 1]
+            yield self.package.stored_view(start, last.stored_offset + last.stored_size - start)
+            index = end
 
     def raw_at(self, index: int) -> bytes | memoryview:
         """One block's raw bytes by position, hashed only if not checked before."""
