@@ -20,6 +20,7 @@ README's performance section (between the bench markers) without running anythin
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
@@ -260,6 +261,17 @@ def update_readme(results: Path = RESULTS, readme: Path = README) -> None:
     readme.write_text(f"{head}{BEGIN}\n{results.read_text().strip()}\n{END}{tail}")
 
 
+def compile_bytecode() -> None:
+    """Compile zflash's modules to bytecode before anything is timed.
+
+    Why: a pip-installed zflash has its bytecode compiled at install time; an editable
+    checkout compiles each module on import and, with PYTHONDONTWRITEBYTECODE set (as on the
+    shared bench machine), every process pays that again: 80-100 ms per `zflash flash`,
+    which is most of a re-flash. Compiled once here, every process costs what an installed
+    zflash costs (docs/DECISIONS.md D186)."""
+    compileall.compile_dir(str(REPO / "zflash"), quiet=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small images, one round")
@@ -279,6 +291,7 @@ def main() -> None:
         update_readme()
         print(f"README performance section rewritten from {RESULTS}")
         return
+    compile_bytecode()
     sizes = QUICK if args.quick else FULL
     rounds = args.rounds or sizes.rounds
     jobs = set(args.jobs.split(","))
