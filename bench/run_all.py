@@ -261,14 +261,17 @@ def update_readme(results: Path = RESULTS, readme: Path = README) -> None:
     readme.write_text(f"{head}{BEGIN}\n{results.read_text().strip()}\n{END}{tail}")
 
 
-def compile_bytecode() -> None:
-    """Compile zflash's modules to bytecode before anything is timed.
+def compile_bytecode(prefix: Path) -> None:
+    """Compile zflash's modules to bytecode under ``prefix`` before anything is timed, and
+    point every process this bench starts there (PYTHONPYCACHEPREFIX).
 
     Why: a pip-installed zflash has its bytecode compiled at install time; an editable
     checkout compiles each module on import and, with PYTHONDONTWRITEBYTECODE set (as on the
     shared bench machine), every process pays that again: 80-100 ms per `zflash flash`,
     which is most of a re-flash. Compiled once here, every process costs what an installed
-    zflash costs (docs/DECISIONS.md D186)."""
+    zflash costs; the checkout itself gets no __pycache__ (docs/DECISIONS.md D186)."""
+    sys.pycache_prefix = str(prefix)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(prefix)
     compileall.compile_dir(str(REPO / "zflash"), quiet=1)
 
 
@@ -291,13 +294,13 @@ def main() -> None:
         update_readme()
         print(f"README performance section rewritten from {RESULTS}")
         return
-    compile_bytecode()
     sizes = QUICK if args.quick else FULL
     rounds = args.rounds or sizes.rounds
     jobs = set(args.jobs.split(","))
     started = time.perf_counter()
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="zflash-bench-", dir=args.workdir) as tmp:
+        compile_bytecode(Path(tmp) / "pycache")
         bench = Bench(Path(tmp), args.codec, not args.quiet)
         if "tcp" in jobs:
             rows += [bench.reflash("random", size, rounds, None) for size in sizes.tcp]

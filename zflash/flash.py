@@ -174,6 +174,8 @@ def _run(target: Target, package: Package, trust: TrustStore, options: FlashOpti
     # A back-end that stages what it is sent (fastboot) streams while the blocks are still
     # being hashed; its first write waits for the last hash (the gate, D183).
     gate = _BlockGate(check, options, emit) if check and target.stages_downloads else None
+    if gate:
+        check.keep_expanded()  # type: ignore[union-attr]
     try:
         on_device = _check(target, package, identity, trust, options, probe, check,
                            summary, emit, deferred=gate is not None)
@@ -202,10 +204,11 @@ def _write(target: Target, package: Package, identity: Identity, options: FlashO
         have = BlockSet.from_ranges(part.block_count, start.resumed.get(index, ()))
         candidates = set(on_device.get(index, ())) - set(have) \
             if start.slot == identity.facts.inactive_slot else set()
-        # gated: the sender need not hash (the gate holds every write until all checked)
-        checked = None if check is None or gate else check.checked[part.name]
-        _write_partition(target, PartitionBlocks(package, part, checked, gate), index, have,
-                         candidates, start.slot, summary, emit)
+        # gated: the sender shares the check with the workers still running (D187), and
+        # the gate holds every write until all of it is done
+        checked = None if check is None else check.checked[part.name]
+        blocks = PartitionBlocks(package, part, checked, gate, check if gate else None)
+        _write_partition(target, blocks, index, have, candidates, start.slot, summary, emit)
     if gate:
         gate()  # nothing more is written before every block checked out
     if options.wipe_userdata:

@@ -255,6 +255,21 @@ class Package:
             raise malformed(f"stored bytes {start}+{length} lie outside the package")
         return memoryview(mapped)[offset:offset + length]
 
+    def release_view(self, start: int, length: int) -> None:
+        """Done with ``stored_view(start, length)``: its pages leave this process's resident
+        set (they stay in the page cache), so a streamed package does not grow the host's
+        memory with the image size."""
+        mapped = getattr(self, "_map", None)
+        if mapped is None or not hasattr(mapped, "madvise"):
+            return
+        first = (self.head.header.payload_offset + start) // mmap.PAGESIZE * mmap.PAGESIZE
+        end = min(len(mapped), self.head.header.payload_offset + start + length)
+        if end > first:
+            try:
+                mapped.madvise(mmap.MADV_DONTNEED, first, end - first)
+            except (OSError, ValueError, AttributeError):
+                pass  # only the resident set is at stake, never the data
+
     def __enter__(self) -> "Package":
         return self
 

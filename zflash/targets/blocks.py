@@ -16,7 +16,7 @@ from typing import Callable, Container, Iterable, Iterator
 
 from zflash.errors import ZflashError
 from zflash.package import blockmap
-from zflash.package.format import KIND_RAW, KIND_ZERO, BlockEntry, PartitionEntry
+from zflash.package.format import KIND_RAW, KIND_ZERO, BlockEntry, PartitionEntry, block_length
 from zflash.package.reader import Package, decode_block, expand_block
 
 
@@ -31,6 +31,8 @@ def read_stored(package: Package, part: PartitionEntry, index: int) -> bytes:
 #: threads that hash a package's blocks, and how many consecutive blocks each takes in turn
 WORKERS = max(1, min(2, os.cpu_count() or 1))
 STRIPE = 64
+#: expanded blocks the workers may keep for the sender (bounded: memory stays flat)
+KEEP_BYTES = 32 << 20
 
 
 class BlockCheck:
@@ -42,6 +44,56 @@ class BlockCheck:
         self.failure: ZflashError | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
+        #: expanded compressed blocks the workers checked, kept for a sender that streams
+        #: while they work (D187): (partition, index) -> raw bytes, at most KEEP_BYTES
+        self._kept: dict[tuple[str, int], bytes | memoryview] = {}
+        self._kept_bytes = 0
+        self._keep = False
+        self._lock = threading.Lock()
+        #: blocks a worker or the sender has started on: each is hashed by one of them
+        self._claimed: dict[str, set[int]] = {p.name: set() for p in package.manifest.partitions}
+        self._settled = threading.Condition(self._lock)
+
+    def claim(self, partition: str, index: int) -> bool:
+        """True for the first caller only: that one checks the block."""
+        with self._lock:
+            claimed = self._claimed[partition]
+            if index in claimed:
+                return False
+            claimed.add(index)
+            return True
+
+    def settle(self, partition: str, index: int) -> None:
+        """The claimed block checked out."""
+        with self._settled:
+            self.checked[partition].add(index)
+            self._settled.notify_all()
+
+    def wait_for(self, partition: str, index: int) -> None:
+        """Until another's claimed block is checked (or a corrupt block was found)."""
+        with self._settled:
+            while index not in self.checked[partition] and self.failure is None:
+                self._settled.wait(0.5)
+
+    def keep_expanded(self) -> None:
+        """Keep what the workers expand (up to KEEP_BYTES) for ``take``: a sender that runs
+        beside them then expands each compressed block once, not twice."""
+        self._keep = True
+
+    def take(self, partition: str, index: int) -> bytes | memoryview | None:
+        """A checked block's raw bytes if a worker kept them (each is handed out once)."""
+        with self._lock:
+            raw = self._kept.pop((partition, index), None)
+            if raw is not None:
+                self._kept_bytes -= len(raw)
+            return raw
+
+    def fail(self, error: ZflashError) -> None:
+        """A corrupt block (found by a worker or the sender): reported by ``wait``."""
+        with self._settled:
+            if self.failure is None:
+                self.failure = error
+            self._settled.notify_all()
 
     def start(self, work: Iterable[tuple[PartitionEntry, list[int]]]) -> None:
         """Begin checking ``work`` (partition, block indexes); returns at once.
@@ -70,16 +122,21 @@ class BlockCheck:
             for index in indexes:
                 if self.failure is not None or self._stop.is_set():
                     return
-                if index in done:
-                    continue  # checked meanwhile by the sender (PartitionBlocks)
+                if index in done or not self.claim(part.name, index):
+                    continue  # checked, or being checked, by the sender (PartitionBlocks)
                 entry = table[index]
                 try:
-                    decode_block(part, index, entry, read_stored(self.package, part, index))
+                    raw = decode_block(part, index, entry,
+                                       read_stored(self.package, part, index))
                 except ZflashError as exc:
-                    if self.failure is None:  # the other worker may have found one too
-                        self.failure = exc
+                    self.fail(exc)  # the other worker may have found one too
                     return
-                done.add(index)
+                if self._keep and entry.kind != KIND_RAW:
+                    with self._lock:
+                        if self._kept_bytes + len(raw) <= KEEP_BYTES:
+                            self._kept[(part.name, index)] = raw
+                            self._kept_bytes += len(raw)
+                self.settle(part.name, index)
 
     def wait(self) -> ZflashError | None:
         """Wait for every started check; the first corrupt block found, or None."""
@@ -100,10 +157,16 @@ class PartitionBlocks:
     against the table (None: trust every block, for a device that checks each itself)."""
 
     def __init__(self, package: Package, part: PartitionEntry,
-                 checked: set[int] | None, gate: Callable[[], None] | None = None) -> None:
+                 checked: set[int] | None, gate: Callable[[], None] | None = None,
+                 check: BlockCheck | None = None) -> None:
+        """``check``: the BlockCheck still running beside the sender (gated, D183/D187):
+        blocks it kept expanded are taken from it, blocks it has not reached are checked
+        here (and it skips them), and a corrupt one is handed to it for the gate to
+        refuse, instead of raising in the middle of a download."""
         self.package, self.part, self.checked = package, part, checked
         self.table: list[BlockEntry] = package.head.tables[part.name]
         self._gate = gate
+        self._check = check
 
     def ready(self) -> None:
         """Return only when every block of the package has checked out against the signed
@@ -142,28 +205,70 @@ class PartitionBlocks:
         kinds = table.kinds()
         index = first
         while index < stop:
-            if kinds[index] != KIND_RAW or self._needs_check(index):
+            if kinds[index] != KIND_RAW:
                 yield self.raw_at(index)
                 index += 1
                 continue
             end = index + 1
-            while end < stop and kinds[end] == KIND_RAW and not self._needs_check(end) and \
+            while end < stop and kinds[end] == KIND_RAW and \
                     (end - index + 1) * self.part.block_size <= limit:
                 end += 1
             start = table[index].stored_offset
             last = table[end - 1]
-            yield self.package.stored_view(start, last.stored_offset + last.stored_size - start)
+            length = last.stored_offset + last.stored_size - start
+            view = self.package.stored_view(start, length)
+            for block in range(index, end):
+                if self._needs_check(block) and self._mine(block):  # hashed on the view
+                    entry = table[block]
+                    offset = entry.stored_offset - start
+                    self._decode(block, entry, view[offset:offset + entry.stored_size])
+            yield view
+            self.package.release_view(start, length)  # sent: out of the resident set
             index = end
 
     def raw_at(self, index: int) -> bytes | memoryview:
         """One block's raw bytes by position, hashed only if not checked before."""
+        if self._check is not None:
+            kept = self._check.take(self.part.name, index)
+            if kept is not None:
+                return kept
         entry = self.table[index]
-        data = read_stored(self.package, self.part, index)
-        if self._needs_check(index):
-            raw = decode_block(self.part, index, entry, data)
+        if self._needs_check(index) and self._mine(index):
+            return self._decode(index, entry, read_stored(self.package, self.part, index))
+        if self._check is not None:  # a worker checked it meanwhile, and may have kept it
+            if self._needs_check(index):  # no: it found a corrupt block; the gate refuses
+                return bytes(block_length(self.part, index))
+            kept = self._check.take(self.part.name, index)
+            if kept is not None:
+                return kept
+        return expand_block(self.part, index, entry,
+                            read_stored(self.package, self.part, index))
+
+    def _mine(self, index: int) -> bool:
+        """Whether this sender checks the block: always, unless a BlockCheck runs beside it
+        and a worker claimed it first (then wait for the worker: hashed once either way)."""
+        if self._check is None or self._check.claim(self.part.name, index):
+            return True
+        self._check.wait_for(self.part.name, index)
+        return False
+
+    def _decode(self, index: int, entry: BlockEntry, stored: bytes | memoryview
+                ) -> bytes | memoryview:
+        """Check one block and mark it checked; beside a running BlockCheck a corrupt block
+        is handed to it (the gate refuses before any write) and zeros stand in for it."""
+        try:
+            raw = decode_block(self.part, index, entry, stored)
+        except ZflashError as exc:
+            if self._check is None:
+                raise
+            self._check.fail(exc)
+            return bytes(block_length(self.part, index))
+        if self._check is not None:
+            self._check.settle(self.part.name, index)
+        else:
             self.checked.add(index)  # type: ignore[union-attr]
-            return raw
-        return expand_block(self.part, index, entry, data)
+        return raw
+
 
 class BlockSet:
     """A set of block indexes of one partition as one byte per block: bounded by the
