@@ -29,8 +29,10 @@ import sys
 import sysconfig
 import tempfile
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -261,18 +263,27 @@ def update_readme(results: Path = RESULTS, readme: Path = README) -> None:
     readme.write_text(f"{head}{BEGIN}\n{results.read_text().strip()}\n{END}{tail}")
 
 
-def compile_bytecode(prefix: Path) -> None:
-    """Compile zflash's modules to bytecode under ``prefix`` before anything is timed, and
-    point every process this bench starts there (PYTHONPYCACHEPREFIX).
+@contextmanager
+def compiled_bytecode() -> Iterator[None]:
+    """zflash's modules compiled to bytecode while the bench runs; the ``__pycache__``
+    folders this made are removed afterwards.
 
     Why: a pip-installed zflash has its bytecode compiled at install time; an editable
     checkout compiles each module on import and, with PYTHONDONTWRITEBYTECODE set (as on the
     shared bench machine), every process pays that again: 80-100 ms per `zflash flash`,
     which is most of a re-flash. Compiled once here, every process costs what an installed
-    zflash costs; the checkout itself gets no __pycache__ (docs/DECISIONS.md D186)."""
-    sys.pycache_prefix = str(prefix)
-    os.environ["PYTHONPYCACHEPREFIX"] = str(prefix)
-    compileall.compile_dir(str(REPO / "zflash"), quiet=1)
+    zflash costs. Removed afterwards, so the checkout's tests run as before (D186). (A
+    PYTHONPYCACHEPREFIX would not do: the interpreter then looks there for the standard
+    library's and click's bytecode too, and compiles all of it on every start.)"""
+    package = REPO / "zflash"
+    before = {path for path in package.rglob("__pycache__")}
+    compileall.compile_dir(str(package), quiet=1)
+    try:
+        yield
+    finally:
+        for path in package.rglob("__pycache__"):
+            if path not in before:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def main() -> None:
@@ -299,8 +310,9 @@ def main() -> None:
     jobs = set(args.jobs.split(","))
     started = time.perf_counter()
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="zflash-bench-", dir=args.workdir) as tmp:
-        compile_bytecode(Path(tmp) / "pycache")
+    with ExitStack() as stack, \
+            tempfile.TemporaryDirectory(prefix="zflash-bench-", dir=args.workdir) as tmp:
+        stack.enter_context(compiled_bytecode())
         bench = Bench(Path(tmp), args.codec, not args.quiet)
         if "tcp" in jobs:
             rows += [bench.reflash("random", size, rounds, None) for size in sizes.tcp]

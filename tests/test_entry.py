@@ -19,10 +19,10 @@ def _script(args: list[str], env: dict[str, str] | None = None,
             **kwargs) -> subprocess.CompletedProcess:
     """Run ``entry.run`` as the `zflash` script does (argv[0] "zflash", __main__ a script),
     and list on stderr's last line whether click was imported."""
-    probe = ("import sys\nsys.argv = ['zflash'] + sys.argv[1:]\nfrom zflash.__main__ import run\n"
-             "try:\n    run()\nexcept SystemExit as exc:\n    code = exc.code\n"
-             "sys.stderr.write('\\nclick loaded: %s' % ('click' in sys.modules))\n"
-             "sys.exit(code)\n")
+    probe = ("import atexit, sys\n"
+             "atexit.register(lambda: sys.stderr.write("
+             "'\\nclick loaded: %s' % ('click' in sys.modules)))\n"
+             "sys.argv = ['zflash'] + sys.argv[1:]\nfrom zflash.__main__ import run\nrun()\n")
     return subprocess.run([sys.executable, "-c", probe, *args], capture_output=True,
                           text=True, timeout=60, env={**os.environ, **(env or {})}, **kwargs)
 
@@ -100,3 +100,24 @@ def test_fast_answer_to_a_closed_pipe_exits_quietly():
         os.close(write_end)
     assert result.stderr == ""
     assert result.returncode == 141
+
+
+def test_the_quick_exit_keeps_output_and_atexit_handlers(tmp_path):
+    """D188: after a click command the process ends without the interpreter's teardown,
+    but all of stdout arrives and atexit handlers (weakref finalizers, logging) still run."""
+    marker = tmp_path / "atexit-ran"
+    probe = ("import atexit, pathlib, sys\n"
+             f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'yes')\n"
+             "sys.argv = ['zflash', 'errors', '--json']\n"
+             "from zflash.__main__ import run\nrun()\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == len(TABLE)
+    assert marker.read_text() == "yes"
+
+
+def test_the_quick_exit_keeps_the_exit_status():
+    result = _script(["errors", "--markdown", "--json", "--no-such-option"])
+    assert result.returncode == 2
+    assert "error 9002" in result.stderr

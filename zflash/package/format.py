@@ -15,12 +15,14 @@ import re
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from zflash.errors import Code, ZflashError
 from zflash.fields import Fields
 from zflash.package.names import DEFAULT_BLOCK_SIZE  # noqa: F401 (re-exported)
-from zflash.package.edlspec import EdlSpec, edl_from_json
+
+if TYPE_CHECKING:  # the EDL part is imported when a manifest has one (start-up, D181)
+    from zflash.package.edlspec import EdlSpec
 
 MAGIC = b"ZPKG\r\n\x1a\n"
 FORMAT_VERSION = 1
@@ -222,7 +224,7 @@ def _manifest_from_json(obj: Any) -> Manifest:
                     rollback_location=location,
                     build_time=_uint(obj["build_time"], "build_time", 2**63 - 1),
                     partitions=partitions,
-                    edl=edl_from_json(obj["edl"]) if "edl" in obj else None)
+                    edl=_edl(obj["edl"]) if "edl" in obj else None)
 
 
 def _partition_from_json(obj: Any) -> PartitionEntry:
@@ -365,6 +367,11 @@ def decode_table(data: bytes | memoryview, part: PartitionEntry, start_offset: i
         raise malformed(f"{part.name}: stored size {offset - start_offset} does not match "
                         f"the manifest's {part.stored_size}")
     return BlockTable(data)
+
+
+def _edl(obj: object) -> "EdlSpec":
+    from zflash.package.edlspec import edl_from_json
+    return edl_from_json(obj)
 
 
 def block_length(part: PartitionEntry, index: int) -> int:
