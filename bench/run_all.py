@@ -20,6 +20,7 @@ README's performance section (between the bench markers) without running anythin
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
@@ -28,8 +29,10 @@ import sys
 import sysconfig
 import tempfile
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -260,6 +263,29 @@ def update_readme(results: Path = RESULTS, readme: Path = README) -> None:
     readme.write_text(f"{head}{BEGIN}\n{results.read_text().strip()}\n{END}{tail}")
 
 
+@contextmanager
+def compiled_bytecode() -> Iterator[None]:
+    """zflash's modules compiled to bytecode while the bench runs; the ``__pycache__``
+    folders this made are removed afterwards.
+
+    Why: a pip-installed zflash has its bytecode compiled at install time; an editable
+    checkout compiles each module on import and, with PYTHONDONTWRITEBYTECODE set (as on the
+    shared bench machine), every process pays that again: 80-100 ms per `zflash flash`,
+    which is most of a re-flash. Compiled once here, every process costs what an installed
+    zflash costs. Removed afterwards, so the checkout's tests run as before (D186). (A
+    PYTHONPYCACHEPREFIX would not do: the interpreter then looks there for the standard
+    library's and click's bytecode too, and compiles all of it on every start.)"""
+    package = REPO / "zflash"
+    before = {path for path in package.rglob("__pycache__")}
+    compileall.compile_dir(str(package), quiet=1)
+    try:
+        yield
+    finally:
+        for path in package.rglob("__pycache__"):
+            if path not in before:
+                shutil.rmtree(path, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small images, one round")
@@ -284,7 +310,9 @@ def main() -> None:
     jobs = set(args.jobs.split(","))
     started = time.perf_counter()
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="zflash-bench-", dir=args.workdir) as tmp:
+    with ExitStack() as stack, \
+            tempfile.TemporaryDirectory(prefix="zflash-bench-", dir=args.workdir) as tmp:
+        stack.enter_context(compiled_bytecode())
         bench = Bench(Path(tmp), args.codec, not args.quiet)
         if "tcp" in jobs:
             rows += [bench.reflash("random", size, rounds, None) for size in sizes.tcp]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from conftest import SIGNING_KEY, SIGNING_PUB, require_tool
 from emulator_helpers import count_host_hashes, demo_profile
 from zflash.emulator.fastboot_server import FastbootOptions
 from zflash.emulator.runner import EmulatorRunner
-from zflash.flash import FlashOptions, flash
+from zflash.flash import FlashOptions, PreflightRefused, flash
 from zflash.package import keys as keymod
 from zflash.package.reader import Package
 from zflash.package.sparse import ChunkType
@@ -137,3 +138,111 @@ def test_pieces_respect_the_download_limit(package: Path) -> None:
             assert covered[0][0] == 0 and all(a[1] == b[0] for a, b in zip(covered, covered[1:]))
             total = sum(len(PieceStream(blocks, p, 4096).read()) for p in plans)
             assert total == sum(p.size(4096) for p in plans)
+
+
+def test_a_corrupt_last_block_is_refused_before_any_write(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """The blocks are hashed while the first piece downloads (D183). A block corrupted after
+    signing, last in the package so the hashing reaches it only after pieces were sent:
+    refused with 9012, no `flash:` or `erase:` ever reached the device, slot b unchanged."""
+    image = tmp_path / "system.img"
+    image.write_bytes(os.urandom(1 << 20))
+    out = tmp_path / "late-corruption.zpk"
+    build_package(INFO, [PartitionSource("system", image, True)],
+                  [keymod.load_private_key(SIGNING_KEY)], out, block_size=BLOCK, codec="none")
+    data = bytearray(out.read_bytes())
+    data[-1] ^= 0xFF  # the last stored byte: the last block of system
+    out.write_bytes(bytes(data))
+    from zflash.emulator import fastboot_server
+    writes: list[str] = []
+    for command in ("_flash", "_erase"):
+        real = getattr(fastboot_server.FastbootSession, command)
+        monkeypatch.setattr(fastboot_server.FastbootSession, command,
+                            lambda self, arg, real=real, command=command:
+                            (writes.append(f"{command}:{arg}"), real(self, arg))[1])
+    with EmulatorRunner(tmp_path / "dev", demo_profile()) as runner:
+        url = runner.start_fastboot_tcp(0, FastbootOptions(max_download_size=64 << 10))
+        dirty(runner, "system")
+        before = runner.storage.partition_path("system", "b").read_bytes()
+        events: list[dict] = []
+        with pytest.raises(PreflightRefused) as refused:
+            flash(url, out, trust(), FlashOptions(reboot=False, allow_partial=True),
+                  events.append)
+        after = runner.storage.partition_path("system", "b").read_bytes()
+    assert refused.value.code == 9012
+    assert writes == []
+    assert after == before
+    assert [e["check"] for e in events if e["event"] == "check_failed"] == ["blocks"]
+    assert "blocks" not in [e["check"] for e in events if e["event"] == "check_passed"]
+
+
+def test_blocks_check_while_the_first_piece_downloads(tmp_path: Path, package: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mechanism of D183: the first `download:` starts before the last block is hashed,
+    and the first `flash:` comes only after it."""
+    from zflash.package import reader
+    from zflash.targets.fastboot.client import FastbootClient
+    order: list[str] = []
+    real_decode = reader.decode_block
+    real_download, real_command = FastbootClient.download, FastbootClient.command
+
+    def decode(*args, **kwargs):
+        order.append("hash")
+        return real_decode(*args, **kwargs)
+
+    def download(self, *args, **kwargs):
+        order.append("download")
+        return real_download(self, *args, **kwargs)
+
+    def command(self, text, *args, **kwargs):
+        order.append(text.split(":")[0])
+        return real_command(self, text, *args, **kwargs)
+
+    import zflash.targets.blocks as blocks_module
+    monkeypatch.setattr(blocks_module, "decode_block", decode)
+    monkeypatch.setattr(FastbootClient, "download", download)
+    monkeypatch.setattr(FastbootClient, "command", command)
+    real_check_run = blocks_module.BlockCheck._run
+
+    def late_start(self, items):  # the checker starts after the first download began
+        while "download" not in order:
+            time.sleep(0.001)
+        return real_check_run(self, items)
+
+    monkeypatch.setattr(blocks_module.BlockCheck, "_run", late_start)
+    with EmulatorRunner(tmp_path / "dev", demo_profile()) as runner:
+        url = runner.start_fastboot_tcp(0, FastbootOptions(max_download_size=64 << 10))
+        flash(url, package, trust(), FlashOptions(reboot=False, allow_partial=True),
+              lambda e: None)
+        assert slot_equals_image(runner, "system", tmp_path / "system.img")
+    first_write = min(order.index(c) for c in ("flash", "erase") if c in order)
+    assert order.index("download") < order.index("hash")
+    assert "hash" not in order[first_write:]
+
+
+def test_an_image_without_zero_blocks_that_fits_goes_raw_in_one_download(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """D184: no zero block and within max-download-size: the raw image in one download (as
+    the stock client sends it), from views of the package; the slot equals the image."""
+    image = tmp_path / "system.img"
+    image.write_bytes(os.urandom(5 * BLOCK + 300))  # a short last block too
+    out = tmp_path / "dense.zpk"
+    build_package(INFO, [PartitionSource("system", image, True)],
+                  [keymod.load_private_key(SIGNING_KEY)], out, block_size=BLOCK)
+    with EmulatorRunner(tmp_path / "dev", demo_profile()) as runner:
+        forms: list[bool] = []
+        real = runner.device.write_image
+
+        def record(name, slot, source, size, sparse):
+            forms.append(sparse)
+            return real(name, slot, source, size, sparse)
+
+        monkeypatch.setattr(runner.device, "write_image", record)
+        url = runner.start_fastboot_tcp(0, FastbootOptions(max_download_size=1 << 20))
+        dirty(runner, "system")
+        summary = flash(url, out, trust(), FlashOptions(reboot=False, allow_partial=True),
+                        lambda e: None)
+        assert slot_equals_image(runner, "system", image)
+    assert forms == [False]
+    assert summary.sent_bytes == image.stat().st_size

@@ -262,6 +262,19 @@ def resolve_code(number: int) -> int | None:
     return None
 
 
+def describe(code: int) -> str:
+    """The plain-text entry `zflash errors CODE` prints: the row, then each cause and its fix.
+
+    Here rather than in the command, so that the console script can print it without
+    importing click (zflash/__main__.py).
+    """
+    info = TABLE[code]
+    lines = [f"{info.code}  exit {info.exit_status:<3} {info.meaning}", f"      fix: {info.fix}"]
+    for cause in CAUSES.get(info.code, {}).values():
+        lines += [f"      cause {cause.cause}: {cause.what}", f"        fix: {cause.fix}"]
+    return "\n".join(lines) + "\n"
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 

@@ -22,9 +22,10 @@ from zflash.checks import Failure, check_all
 from zflash.errors import Code, ZflashError
 from zflash.events import stamping
 from zflash.facts import DeviceFacts
-from zflash.package.format import KIND_ZERO, PartitionEntry
+from zflash.package import blockmap
+from zflash.package.format import KIND_ZERO, BlockTable, PartitionEntry, block_length
 from zflash.package.reader import Package
-from zflash.targets.base import Emit, Identity, LinkOptions, Target, bytes_of
+from zflash.targets.base import Emit, Identity, LinkOptions, Target
 from zflash.targets.blocks import BlockCheck, BlockSet, PartitionBlocks
 from zflash.targets.registry import open_target
 
@@ -104,11 +105,13 @@ def host_failures(package: Package, target: Target, identity: Identity,
     return failures + target.constraints(package.manifest, identity)
 
 
-def decide(failures: list[Failure], accept_unverifiable: bool, emit: Emit) -> list[str]:
+def decide(failures: list[Failure], accept_unverifiable: bool, emit: Emit,
+           skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> list[str]:
     """Refuse with every failure at once, before a byte is written.
 
     Mismatches come first (their code is the exit status); unverifiable checks refuse
     unless accepted, and accepted ones are reported (``check_unverified``) and returned.
+    ``skip``: checks still running, reported later; ``only``: report just these.
     """
     hard = [f for f in failures if f.code != Code.UNVERIFIABLE]
     open_ = [f for f in failures if f.code == Code.UNVERIFIABLE]
@@ -121,7 +124,7 @@ def decide(failures: list[Failure], accept_unverifiable: bool, emit: Emit) -> li
         emit({"event": "check_unverified", "accepted": True, **failure.to_dict()})
     touched = {_CATEGORY.get(f.check, f.check) for f in failures}
     for check in CHECKS:
-        if check not in touched:
+        if check not in touched and check not in skip and (only is None or check in only):
             emit({"event": "check_passed", "check": check})
     return [f.message for f in open_]
 
@@ -168,12 +171,26 @@ def _run(target: Target, package: Package, trust: TrustStore, options: FlashOpti
     if probe:
         probe.start()
     check = None if options.skip_host_checks else BlockCheck(package)
+    # A back-end that stages what it is sent (fastboot) streams while the blocks are still
+    # being hashed; its first write waits for the last hash (the gate, D183).
+    gate = _BlockGate(check, options, emit) if check and target.stages_downloads else None
+    if gate:
+        check.keep_expanded()  # type: ignore[union-attr]
     try:
         on_device = _check(target, package, identity, trust, options, probe, check,
-                           summary, emit)
+                           summary, emit, deferred=gate is not None)
+        _write(target, package, identity, options, check, gate, on_device, summary, emit)
     finally:
         if check:
             check.stop()  # nothing may read the package after the job
+    return summary
+
+
+def _write(target: Target, package: Package, identity: Identity, options: FlashOptions,
+           check: BlockCheck | None, gate: "_BlockGate | None", on_device: dict[int, set[int]],
+           summary: FlashSummary, emit: Emit) -> None:
+    """Everything after the checks: begin, each partition, switch, reboot."""
+    manifest = package.manifest
     start = target.begin(package, identity)
     slotted = any(p.slotted for p in manifest.partitions)
     if slotted and start.slot is not None and start.slot == identity.facts.current_slot:
@@ -185,11 +202,15 @@ def _run(target: Target, package: Package, trust: TrustStore, options: FlashOpti
           "partitions": [p.name for p in manifest.partitions]})
     for index, part in enumerate(manifest.partitions):
         have = BlockSet.from_ranges(part.block_count, start.resumed.get(index, ()))
-        candidates = {b for b in on_device.get(index, set()) if b not in have} \
+        candidates = set(on_device.get(index, ())) - set(have) \
             if start.slot == identity.facts.inactive_slot else set()
+        # gated: the sender shares the check with the workers still running (D187), and
+        # the gate holds every write until all of it is done
         checked = None if check is None else check.checked[part.name]
-        _write_partition(target, PartitionBlocks(package, part, checked), index, have,
-                         candidates, start.slot, summary, emit)
+        blocks = PartitionBlocks(package, part, checked, gate, check if gate else None)
+        _write_partition(target, blocks, index, have, candidates, start.slot, summary, emit)
+    if gate:
+        gate()  # nothing more is written before every block checked out
     if options.wipe_userdata:
         target.erase(USERDATA, None)
         emit({"event": "userdata_wiped"})
@@ -207,14 +228,32 @@ def _run(target: Target, package: Package, trust: TrustStore, options: FlashOpti
         emit({"event": "rebooted", "protocol": target.protocol, "slot": start.slot,
               "reported": boot.reported, **boot.details,
               "booted_slot": boot.booted_slot, "fell_back": boot.fell_back})
-    return summary
+
+
+class _BlockGate:
+    """Waits (once) for the block check still running while a staging back-end sends;
+    refuses with the corrupt block exactly as a check before the transfer would have."""
+
+    def __init__(self, check: BlockCheck, options: FlashOptions, emit: Emit) -> None:
+        self.check, self.options, self.emit = check, options, emit
+        self.passed = False
+
+    def __call__(self) -> None:
+        if self.passed:
+            return
+        failures = _block_failure(self.check.wait())
+        decide(failures, self.options.accept_unverifiable, self.emit,
+               only=("blocks",))  # raises PreflightRefused on a corrupt block
+        self.passed = True
 
 
 def _check(target: Target, package: Package, identity: Identity, trust: TrustStore,
            options: FlashOptions, probe: "_DeltaProbe | None", check: BlockCheck | None,
-           summary: FlashSummary, emit: Emit) -> dict[int, set[int]]:
+           summary: FlashSummary, emit: Emit, deferred: bool = False) -> dict[int, set[int]]:
     """Every check, blocks included (each block to be sent hashed once, while the device
-    answers the probe); returns the probe's matches. Raises with every refusal."""
+    answers the probe); returns the probe's matches. Raises with every refusal.
+
+    ``deferred``: the block check is started, not awaited; the gate reports it."""
     manifest = package.manifest
     if check:
         probed = probe.partitions if probe else set()
@@ -239,8 +278,10 @@ def _check(target: Target, package: Package, identity: Identity, trust: TrustSto
                                     if b not in probe.matched.get(i, set())])
                             for i, part in enumerate(manifest.partitions)
                             if i in probe.partitions)
-            failures = _block_failure(check.wait()) + failures
-        summary.unverified = decide(failures, options.accept_unverifiable, emit)
+            if not deferred:
+                failures = _block_failure(check.wait()) + failures
+        summary.unverified = decide(failures, options.accept_unverifiable, emit,
+                                    skip=("blocks",) if deferred and not signature_bad else ())
     return on_device
 
 
@@ -262,16 +303,18 @@ def _write_partition(target: Target, blocks: PartitionBlocks, index: int,
                      summary: FlashSummary, emit: Emit) -> None:
     part = blocks.part
     kinds = blocks.table.kinds()
-    summary.resumed_blocks += sum(1 for b in have if kinds[b] != KIND_ZERO)
+    zeros = blockmap.of_kind(kinds, KIND_ZERO)
+    summary.resumed_blocks += len(have) - blockmap.intersection(have.bits(), zeros).count(1)
     summary.zero_blocks += kinds.count(KIND_ZERO)
     if candidates:
-        kept = target.keep(index, part, sorted(candidates))
-        summary.kept_blocks += sum(1 for b in kept if b not in have)
-        have.update(kept)
-    skipped = bytes_of(part, have)
+        kept = blockmap.from_runs(part.block_count, _runs_of(target.keep(
+            index, part, sorted(candidates))))
+        summary.kept_blocks += blockmap.without(kept, have.bits()).count(1)
+        have.merge(kept)
+    skipped = _bytes_in(part, have.bits())
     # not the same claim: data blocks the device already holds (resumed, kept after its
     # hash matched) versus zero blocks it writes itself where its flash is not zero
-    zero = bytes_of(part, (b for b in have if kinds[b] == KIND_ZERO))
+    zero = _bytes_in(part, blockmap.intersection(have.bits(), zeros))
     summary.skipped_bytes += skipped
     emit({"event": "partition_started", "partition": part.name, "size": part.size,
           "skipped_bytes": skipped, "kept_bytes": skipped - zero, "zero_bytes": zero,
@@ -292,6 +335,29 @@ def _write_partition(target: Target, blocks: PartitionBlocks, index: int,
           "readback": check.by == "device",
           "sha256": check.sha256 if check.by == "device" else None,
           "expected_sha256": part.sha256})
+
+
+def _bytes_in(part: PartitionEntry, flags: bytes) -> int:
+    """Image bytes of the blocks in a block map of ``part`` (the last block may be short)."""
+    whole = flags.count(1) * part.block_size
+    last = part.block_count - 1
+    if last >= 0 and flags[last]:
+        whole -= part.block_size - block_length(part, last)
+    return whole
+
+
+def _runs_of(blocks: set[int]) -> Iterator[tuple[int, int]]:
+    """(first, count) runs of a set of block indexes."""
+    first = previous = None
+    for block in sorted(blocks):
+        if previous is not None and block == previous + 1:
+            previous = block
+            continue
+        if first is not None and previous is not None:
+            yield first, previous - first + 1
+        first = previous = block
+    if first is not None and previous is not None:
+        yield first, previous - first + 1
 
 
 class _DeltaProbe:
@@ -348,11 +414,9 @@ class _DeltaProbe:
             table = self.package.head.tables[part.name]
             found = self.found.setdefault(index, set())
             matched = self.matched.setdefault(index, set())
-            for offset, digest in enumerate(digests[:part.block_count - first]):
-                block = first + offset
-                if digest == table[block].sha256 and table[block].stored_size:
-                    found.add(block)
-                    matched.add(block)
+            for block in _matching(table, first, digests[:part.block_count - first]):
+                found.add(block)
+                matched.add(block)
             last = part.block_count - 1
             if first <= last < first + len(digests) and part.size % part.block_size \
                     and table[last].stored_size:
@@ -363,6 +427,30 @@ class _DeltaProbe:
             if self.requests:
                 self._ask()
         return self.found
+
+
+def _matching(table: BlockTable, first: int, digests: list[bytes]) -> Iterator[int]:
+    """The data blocks from ``first`` on whose reported digest equals the signed table's.
+
+    One compare of all but the last digest first (a re-flash: they all match; a short last
+    block is hashed over a whole block of flash, so it is looked at alone), else block by
+    block on slices of two byte strings; a zero block never matches (it carries no data)."""
+    stop = first + len(digests)
+    reported, expected = b"".join(digests), table.digests(first, stop)
+    data = blockmap.without(b"\x01" * len(digests),
+                            blockmap.of_kind(table.kinds()[first:stop], KIND_ZERO))
+    bulk = max(0, len(digests) - 1)
+    if reported[:bulk * 32] == expected[:bulk * 32]:
+        for start, count in blockmap.runs(data[:bulk]):
+            yield from range(first + start, first + start + count)
+        alone = blockmap.members(data[bulk:])
+        base = bulk
+    else:
+        alone, base = blockmap.members(data), 0
+    for offset in alone:
+        offset += base
+        if reported[offset * 32:offset * 32 + 32] == expected[offset * 32:offset * 32 + 32]:
+            yield first + offset
 
 
 def _data_runs(kinds: bytes, gap: int = 16) -> Iterator[tuple[int, int]]:

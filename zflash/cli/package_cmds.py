@@ -16,7 +16,8 @@ import click
 
 from zflash.cli import main
 from zflash.cli.common import emit_json, load_trust, refuse_existing, trust_options
-from zflash.errors import CAUSES, TABLE, Code, ZflashError, markdown_table, resolve_code
+from zflash.errors import (CAUSES, TABLE, Code, ZflashError, describe, markdown_table,
+                           resolve_code)
 from zflash.package.names import (ALGORITHMS, CODECS, DEFAULT_BLOCK_SIZE, DEFAULT_CODEC,
                                   MIN_RSA_BITS)
 
@@ -43,18 +44,14 @@ def errors_cmd(code: int | None, as_json: bool, markdown: bool) -> None:
                                       "`zflash errors` lists them all")
     rows = [TABLE[found]] if found is not None else list(TABLE.values())
     for info in rows:
-        causes = list(CAUSES.get(info.code, {}).values())
-        if as_json:
-            emit_json({"code": info.code, "exit_status": info.exit_status,
-                       "meaning": info.meaning, "fix": info.fix,
-                       "causes": [{"cause": c.cause, "what": c.what, "fix": c.fix}
-                                  for c in causes]})
+        if not as_json:
+            click.echo(describe(info.code), nl=False)
             continue
-        click.echo(f"{info.code}  exit {info.exit_status:<3} {info.meaning}")
-        click.echo(f"      fix: {info.fix}")
-        for cause in causes:
-            click.echo(f"      cause {cause.cause}: {cause.what}")
-            click.echo(f"        fix: {cause.fix}")
+        causes = list(CAUSES.get(info.code, {}).values())
+        emit_json({"code": info.code, "exit_status": info.exit_status,
+                   "meaning": info.meaning, "fix": info.fix,
+                   "causes": [{"cause": c.cause, "what": c.what, "fix": c.fix}
+                              for c in causes]})
 
 
 # ---------------------------------------------------------------------------------- keygen

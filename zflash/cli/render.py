@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from tqdm import tqdm
 
 from zflash.cli.common import use_color, verbosity
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 #: Events never shown as text, even with -v: the progress bars already show them.
@@ -28,7 +30,12 @@ MODE_NAMES = {"fastboot": "fastboot", "edl": "EDL", "zdl": "download mode"}
 
 
 def progress_bar(**kwargs: Any) -> tqdm:
-    """A tqdm bar on stderr; coloured only where colour is allowed (NO_COLOR, a terminal)."""
+    """A tqdm bar on stderr; coloured only where colour is allowed (NO_COLOR, a terminal).
+
+    tqdm is imported here, on a terminal only: it costs ~25 ms of start-up (importlib.metadata
+    for its version), which a piped or --json flash need not pay (D181).
+    """
+    from tqdm import tqdm
     return tqdm(file=sys.stderr, colour="green" if use_color() else None, **kwargs)
 
 

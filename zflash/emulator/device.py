@@ -24,6 +24,7 @@ from zflash.package.format import (KIND_RAW, KIND_ZERO, KIND_ZLIB, KIND_ZSTD, Pa
 from zflash.package.keys import TrustStore
 from zflash.package.reader import PackageHead, decode_block, zero_digest
 from zflash.emulator import image_write
+from zflash.package import blockmap
 from zflash.emulator.blocks import (BlockHashCache, DigestRecords, copy_data, has_no_data,
                                     is_zero,
                                     is_zero_bytes)
@@ -113,11 +114,10 @@ class UpdateSession:
         """Blocks the host need not send: verified ones and zero blocks (filled locally)."""
         result = []
         for index, part in enumerate(self.parts):
-            table = self.head.tables[part.entry.name]
-            have = [bool(part.verified[i]) or table[i].kind == KIND_ZERO
-                    for i in range(part.entry.block_count)]
-            if any(have):
-                result.append({"index": index, "have": to_ranges(have)})
+            zeros = blockmap.of_kind(self.head.tables[part.entry.name].kinds(), KIND_ZERO)
+            have = [list(run) for run in blockmap.runs(blockmap.union(part.verified, zeros))]
+            if have:
+                result.append({"index": index, "have": have})
         return result
 
     def sync(self) -> None:
@@ -333,16 +333,32 @@ class EmulatedDevice:
         source = (self.storage.partition_path(entry.name, session.target) if entry.slotted
                   else self.storage.partition_path(entry.name, None))
         known = self._hashes.get(source, entry.block_size)
+        in_place = source == part.path
+        # The digests the device recorded when it committed this very file (valid while
+        # the file is unchanged since): whole runs are checked against the signed table
+        # with one compare each, and nothing is read (D182).
+        recorded = self._recorded_digests(source, entry) if in_place else b""
         accepted = bytearray(entry.block_count)
         started = False
         fd = os.open(source, os.O_RDONLY)
         try:
             for first, count in ranges:
-                for index in range(max(0, first), min(first + count, entry.block_count)):
+                start, end = max(0, first), min(first + count, entry.block_count)
+                if start >= end:
+                    continue
+                bulk = min(end, len(recorded) // 32)
+                if start < bulk and \
+                        recorded[start * 32:bulk * 32] == table.digests(start, bulk):
+                    if not started:
+                        self._session()  # clears old staging, marks the slot unbootable
+                        started = True
+                    part.verified[start:bulk] = accepted[start:bulk] = b"\x01" * (bulk - start)
+                    start = bulk
+                for index in range(start, end):
                     offset, length = index * entry.block_size, block_length(entry, index)
                     digest = known.get(index) if length == entry.block_size else None
                     data = None
-                    if digest is None or source != part.path:
+                    if digest is None or not in_place:
                         data = os.pread(fd, length, offset)
                         if digest is None:
                             digest = hashlib.sha256(data).digest()
@@ -351,7 +367,7 @@ class EmulatedDevice:
                     if not started:
                         self._session()  # clears old staging, marks the slot unbootable
                         started = True
-                    if data is not None and source != part.path:
+                    if data is not None and not in_place:
                         os.pwrite(part.fd, data, offset)
                     part.verified[index] = 1
                     accepted[index] = 1
@@ -360,7 +376,16 @@ class EmulatedDevice:
             os.close(fd)
         if started:
             session.sync()
-        return to_ranges([bool(b) for b in accepted])
+        return [list(run) for run in blockmap.runs(accepted)]
+
+    def _recorded_digests(self, path: Path, entry: PartitionEntry) -> bytes:
+        """The digests the device recorded at its last commit of ``path``, when that was an
+        image of ``entry``'s size and block size and the file is unchanged since; else b""."""
+        record = self._records.load(path, entry.block_size)
+        if record is None or record[0] != entry.size or \
+                len(record[1]) != 32 * entry.block_count:
+            return b""
+        return record[1]
 
     def commit_partition(self, part_index: int) -> str:
         """All blocks present -> zero blocks filled where flash is not already zero, sync,
@@ -377,14 +402,17 @@ class EmulatedDevice:
             # the live data with an empty staging file
             return entry.sha256
         table = session.head.tables[name]
+        # a zero block the device's own record of this file says is zero is not read again
+        recorded = self._recorded_digests(part.path, entry) if entry.slotted else b""
         self._changing(part.path)  # zero blocks may be written; the record is saved anew
-        for index, block in enumerate(table):
-            if not part.verified[index] and block.kind == KIND_ZERO:
-                offset, length = index * entry.block_size, block_length(entry, index)
-                if not is_zero(part.fd, offset, length):
-                    os.pwrite(part.fd, bytes(length), offset)
-                part.verified[index] = 1
-            if index % ALIVE_EVERY_BLOCKS == 0:
+        to_fill = blockmap.without(blockmap.of_kind(table.kinds(), KIND_ZERO), part.verified)
+        for done, index in enumerate(blockmap.members(to_fill)):
+            offset, length = index * entry.block_size, block_length(entry, index)
+            if recorded[index * 32:index * 32 + 32] != zero_digest(length) and \
+                    not is_zero(part.fd, offset, length):
+                os.pwrite(part.fd, bytes(length), offset)
+            part.verified[index] = 1
+            if done % ALIVE_EVERY_BLOCKS == 0:
                 self._alive()
         missing = part.verified.count(0)
         if missing:
@@ -394,8 +422,7 @@ class EmulatedDevice:
         self._step("commit")
         record = {"sha256": entry.sha256, "size": entry.size}
         if entry.slotted:
-            self._records.save(part.path, entry.block_size, entry.size,
-                               b"".join(e.sha256 for e in table))
+            self._records.save(part.path, entry.block_size, entry.size, table.digests())
             self.meta["committed"][session.target][name] = record
         else:
             live = self.storage.partition_path(name, None)
@@ -592,14 +619,16 @@ class EmulatedDevice:
         recorded = len(record[1]) // 32 if record else 0
         if record and record[0] % block_size:
             recorded -= 1  # a short last block: the probe hashes a whole block of flash
-        hashes = []
+        # the recorded prefix in bulk: slices of the record, no per-block work but the slice
+        upto = max(first, min(first + count, recorded))
+        digests = record[1] if record else b""
+        hashes = [digests[i:i + 32] for i in range(first * 32, upto * 32, 32)]
+        known.update(zip(range(first, upto), hashes))
         fd = os.open(path, os.O_RDONLY)
         try:
-            for index in range(first, first + count):
+            for index in range(upto, first + count):
                 offset = index * block_size
-                if index < recorded:
-                    digest = record[1][index * 32:index * 32 + 32]  # type: ignore[index]
-                elif has_no_data(fd, offset, block_size):
+                if has_no_data(fd, offset, block_size):
                     digest = zero_digest(block_size)
                 else:
                     data = os.pread(fd, block_size, offset)
@@ -689,15 +718,3 @@ def file_sha256(path: Path, size: int) -> str:
             digest.update(chunk)
             remaining -= len(chunk)
     return digest.hexdigest()
-
-
-def to_ranges(flags: list[bool]) -> list[list[int]]:
-    """[True, True, False, True] -> [[0, 2], [3, 1]]: ZDL range lists of [first, count]."""
-    ranges: list[list[int]] = []
-    for index, flag in enumerate(flags):
-        if flag:
-            if ranges and sum(ranges[-1]) == index:
-                ranges[-1][1] += 1
-            else:
-                ranges.append([index, 1])
-    return ranges

@@ -9,6 +9,7 @@ exhaust memory.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import queue
 import threading
@@ -232,8 +233,42 @@ class Package:
         return self.head.manifest
 
     def close(self) -> None:
+        mapped = getattr(self, "_map", None)
+        if mapped is not None:
+            self._map = None
+            try:
+                mapped.close()
+            except BufferError:
+                pass  # a view of it is still held (a traceback): unmapped by the GC
         if self._owns_file:
             self._file.close()
+
+    def stored_view(self, start: int, length: int) -> memoryview:
+        """``length`` stored bytes from payload offset ``start``, as a view of a read-only
+        map of the file: what a sender hands the kernel without a copy in user space (the
+        stock fastboot client sends its image from a map too). Checked to lie in the file."""
+        mapped = getattr(self, "_map", None)
+        if mapped is None:
+            self._map = mapped = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        offset = self.head.header.payload_offset + start
+        if start < 0 or length < 0 or offset + length > len(mapped):
+            raise malformed(f"stored bytes {start}+{length} lie outside the package")
+        return memoryview(mapped)[offset:offset + length]
+
+    def release_view(self, start: int, length: int) -> None:
+        """Done with ``stored_view(start, length)``: its pages leave this process's resident
+        set (they stay in the page cache), so a streamed package does not grow the host's
+        memory with the image size."""
+        mapped = getattr(self, "_map", None)
+        if mapped is None or not hasattr(mapped, "madvise"):
+            return
+        first = (self.head.header.payload_offset + start) // mmap.PAGESIZE * mmap.PAGESIZE
+        end = min(len(mapped), self.head.header.payload_offset + start + length)
+        if end > first:
+            try:
+                mapped.madvise(mmap.MADV_DONTNEED, first, end - first)
+            except (OSError, ValueError, AttributeError):
+                pass  # only the resident set is at stake, never the data
 
     def __enter__(self) -> "Package":
         return self

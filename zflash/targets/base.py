@@ -147,6 +147,10 @@ class Target(ABC):
 
     protocol: ClassVar[str]
     capabilities: ClassVar[Capabilities]
+    #: what it is sent lands in a RAM buffer and is written only by a later command
+    #: (fastboot: download, then flash:), so the host may still be hashing blocks while it
+    #: sends, provided the back-end calls ``PartitionBlocks.ready()`` before any write (D183)
+    stages_downloads: ClassVar[bool] = False
 
     def __init__(self, url: str, emit: Emit | None = None) -> None:
         self.url = url

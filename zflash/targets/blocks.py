@@ -10,11 +10,13 @@ before (a block the device was expected to keep but did not), and never hashes o
 
 from __future__ import annotations
 
+import os
 import threading
-from typing import Container, Iterable, Iterator
+from typing import Callable, Container, Iterable, Iterator
 
 from zflash.errors import ZflashError
-from zflash.package.format import KIND_ZERO, BlockEntry, PartitionEntry
+from zflash.package import blockmap
+from zflash.package.format import KIND_RAW, KIND_ZERO, BlockEntry, PartitionEntry, block_length
 from zflash.package.reader import Package, decode_block, expand_block
 
 
@@ -26,6 +28,13 @@ def read_stored(package: Package, part: PartitionEntry, index: int) -> bytes:
     return package.read_stored_at(entry, part, index)
 
 
+#: threads that hash a package's blocks, and how many consecutive blocks each takes in turn
+WORKERS = max(1, min(2, os.cpu_count() or 1))
+STRIPE = 64
+#: expanded blocks the workers may keep for the sender (bounded: memory stays flat)
+KEEP_BYTES = 32 << 20
+
+
 class BlockCheck:
     """Checks named blocks of a package against the signed table on a worker thread."""
 
@@ -35,16 +44,76 @@ class BlockCheck:
         self.failure: ZflashError | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
+        #: expanded compressed blocks the workers checked, kept for a sender that streams
+        #: while they work (D187): (partition, index) -> raw bytes, at most KEEP_BYTES
+        self._kept: dict[tuple[str, int], bytes | memoryview] = {}
+        self._kept_bytes = 0
+        self._keep = False
+        self._lock = threading.Lock()
+        #: blocks a worker or the sender has started on: each is hashed by one of them
+        self._claimed: dict[str, set[int]] = {p.name: set() for p in package.manifest.partitions}
+        self._settled = threading.Condition(self._lock)
+
+    def claim(self, partition: str, index: int) -> bool:
+        """True for the first caller only: that one checks the block."""
+        with self._lock:
+            claimed = self._claimed[partition]
+            if index in claimed:
+                return False
+            claimed.add(index)
+            return True
+
+    def settle(self, partition: str, index: int) -> None:
+        """The claimed block checked out."""
+        with self._settled:
+            self.checked[partition].add(index)
+            self._settled.notify_all()
+
+    def wait_for(self, partition: str, index: int) -> None:
+        """Until another's claimed block is checked (or a corrupt block was found)."""
+        with self._settled:
+            while index not in self.checked[partition] and self.failure is None:
+                self._settled.wait(0.5)
+
+    def keep_expanded(self) -> None:
+        """Keep what the workers expand (up to KEEP_BYTES) for ``take``: a sender that runs
+        beside them then expands each compressed block once, not twice."""
+        self._keep = True
+
+    def take(self, partition: str, index: int) -> bytes | memoryview | None:
+        """A checked block's raw bytes if a worker kept them (each is handed out once)."""
+        with self._lock:
+            raw = self._kept.pop((partition, index), None)
+            if raw is not None:
+                self._kept_bytes -= len(raw)
+            return raw
+
+    def fail(self, error: ZflashError) -> None:
+        """A corrupt block (found by a worker or the sender): reported by ``wait``."""
+        with self._settled:
+            if self.failure is None:
+                self.failure = error
+            self._settled.notify_all()
 
     def start(self, work: Iterable[tuple[PartitionEntry, list[int]]]) -> None:
-        """Begin checking ``work`` (partition, block indexes); returns at once."""
+        """Begin checking ``work`` (partition, block indexes); returns at once.
+
+        The blocks are dealt to WORKERS threads in stripes of STRIPE blocks: hashlib and
+        the reads release the GIL, so a host with two cores hashes twice as fast while
+        the link waits for the check (D185)."""
         items = list(work)
         if not items:
             return
-        thread = threading.Thread(target=self._run, args=(items,), daemon=True,
-                                  name="zflash-block-check")
-        self._threads.append(thread)
-        thread.start()
+        for worker in range(WORKERS):
+            share = [(part, [i for n in range(worker * STRIPE, len(indexes), WORKERS * STRIPE)
+                             for i in indexes[n:n + STRIPE]]) for part, indexes in items]
+            share = [(part, indexes) for part, indexes in share if indexes]
+            if not share:
+                continue
+            thread = threading.Thread(target=self._run, args=(share,), daemon=True,
+                                      name=f"zflash-block-check-{worker}")
+            self._threads.append(thread)
+            thread.start()
 
     def _run(self, items: list[tuple[PartitionEntry, list[int]]]) -> None:
         for part, indexes in items:
@@ -53,13 +122,21 @@ class BlockCheck:
             for index in indexes:
                 if self.failure is not None or self._stop.is_set():
                     return
+                if index in done or not self.claim(part.name, index):
+                    continue  # checked, or being checked, by the sender (PartitionBlocks)
                 entry = table[index]
                 try:
-                    decode_block(part, index, entry, read_stored(self.package, part, index))
+                    raw = decode_block(part, index, entry,
+                                       read_stored(self.package, part, index))
                 except ZflashError as exc:
-                    self.failure = exc
+                    self.fail(exc)  # the other worker may have found one too
                     return
-                done.add(index)
+                if self._keep and entry.kind != KIND_RAW:
+                    with self._lock:
+                        if self._kept_bytes + len(raw) <= KEEP_BYTES:
+                            self._kept[(part.name, index)] = raw
+                            self._kept_bytes += len(raw)
+                self.settle(part.name, index)
 
     def wait(self) -> ZflashError | None:
         """Wait for every started check; the first corrupt block found, or None."""
@@ -80,9 +157,25 @@ class PartitionBlocks:
     against the table (None: trust every block, for a device that checks each itself)."""
 
     def __init__(self, package: Package, part: PartitionEntry,
-                 checked: set[int] | None) -> None:
+                 checked: set[int] | None, gate: Callable[[], None] | None = None,
+                 check: BlockCheck | None = None) -> None:
+        """``check``: the BlockCheck still running beside the sender (gated, D183/D187):
+        blocks it kept expanded are taken from it, blocks it has not reached are checked
+        here (and it skips them), and a corrupt one is handed to it for the gate to
+        refuse, instead of raising in the middle of a download."""
         self.package, self.part, self.checked = package, part, checked
         self.table: list[BlockEntry] = package.head.tables[part.name]
+        self._gate = gate
+        self._check = check
+
+    def ready(self) -> None:
+        """Return only when every block of the package has checked out against the signed
+        table (else raise the refusal). A back-end whose sends are staged, not written
+        (``Capabilities.stages_downloads``), calls it before its first write command; for
+        every other back-end the blocks were checked before it was called, and it is a
+        no-op."""
+        if self._gate is not None:
+            self._gate()
 
     def _needs_check(self, index: int) -> bool:
         return self.checked is not None and index not in self.checked
@@ -90,24 +183,92 @@ class PartitionBlocks:
     def stored(self, skip: Container[int]) -> Iterator[tuple[int, BlockEntry, bytes]]:
         """(index, table entry, stored bytes) of every block not in ``skip``, in order; a
         skipped block is not even read from the package."""
-        for index, entry in enumerate(self.table):
-            if index in skip:
-                continue
+        wanted = skip.absent() if isinstance(skip, BlockSet) else \
+            (i for i in range(len(self.table)) if i not in skip)
+        for index in wanted:
+            entry = self.table[index]
             data = read_stored(self.package, self.part, index)
             if self._needs_check(index):
                 decode_block(self.part, index, entry, data)
                 self.checked.add(index)  # type: ignore[union-attr]
             yield index, entry, data
 
+    def raw_views(self, first: int, stop: int, limit: int = 4 << 20
+                  ) -> Iterator[bytes | memoryview]:
+        """The raw bytes of blocks ``first..stop`` in order, in pieces of at most ``limit``.
+
+        Blocks stored raw lie back to back in the payload (the table says so), so a run of
+        them is one view of the mapped package: no read into Python and no copy (D184).
+        A compressed block is expanded; a block not yet checked is checked first (only
+        when this partition's blocks are checked here at all)."""
+        table = self.table
+        kinds = table.kinds()
+        index = first
+        while index < stop:
+            if kinds[index] != KIND_RAW:
+                yield self.raw_at(index)
+                index += 1
+                continue
+            end = index + 1
+            while end < stop and kinds[end] == KIND_RAW and \
+                    (end - index + 1) * self.part.block_size <= limit:
+                end += 1
+            start = table[index].stored_offset
+            last = table[end - 1]
+            length = last.stored_offset + last.stored_size - start
+            view = self.package.stored_view(start, length)
+            for block in range(index, end):
+                if self._needs_check(block) and self._mine(block):  # hashed on the view
+                    entry = table[block]
+                    offset = entry.stored_offset - start
+                    self._decode(block, entry, view[offset:offset + entry.stored_size])
+            yield view
+            self.package.release_view(start, length)  # sent: out of the resident set
+            index = end
+
     def raw_at(self, index: int) -> bytes | memoryview:
         """One block's raw bytes by position, hashed only if not checked before."""
+        if self._check is not None:
+            kept = self._check.take(self.part.name, index)
+            if kept is not None:
+                return kept
         entry = self.table[index]
-        data = read_stored(self.package, self.part, index)
-        if self._needs_check(index):
-            raw = decode_block(self.part, index, entry, data)
+        if self._needs_check(index) and self._mine(index):
+            return self._decode(index, entry, read_stored(self.package, self.part, index))
+        if self._check is not None:  # a worker checked it meanwhile, and may have kept it
+            if self._needs_check(index):  # no: it found a corrupt block; the gate refuses
+                return bytes(block_length(self.part, index))
+            kept = self._check.take(self.part.name, index)
+            if kept is not None:
+                return kept
+        return expand_block(self.part, index, entry,
+                            read_stored(self.package, self.part, index))
+
+    def _mine(self, index: int) -> bool:
+        """Whether this sender checks the block: always, unless a BlockCheck runs beside it
+        and a worker claimed it first (then wait for the worker: hashed once either way)."""
+        if self._check is None or self._check.claim(self.part.name, index):
+            return True
+        self._check.wait_for(self.part.name, index)
+        return False
+
+    def _decode(self, index: int, entry: BlockEntry, stored: bytes | memoryview
+                ) -> bytes | memoryview:
+        """Check one block and mark it checked; beside a running BlockCheck a corrupt block
+        is handed to it (the gate refuses before any write) and zeros stand in for it."""
+        try:
+            raw = decode_block(self.part, index, entry, stored)
+        except ZflashError as exc:
+            if self._check is None:
+                raise
+            self._check.fail(exc)
+            return bytes(block_length(self.part, index))
+        if self._check is not None:
+            self._check.settle(self.part.name, index)
+        else:
             self.checked.add(index)  # type: ignore[union-attr]
-            return raw
-        return expand_block(self.part, index, entry, data)
+        return raw
+
 
 class BlockSet:
     """A set of block indexes of one partition as one byte per block: bounded by the
@@ -141,6 +302,22 @@ class BlockSet:
 
     def __len__(self) -> int:
         return self._bits.count(1)
+
+    def bits(self) -> bytes:
+        """The set as a block map (zflash.package.blockmap): one 0/1 byte per block."""
+        return bytes(self._bits)
+
+    def merge(self, flags: bytes | bytearray) -> None:
+        """Add every block set in ``flags``, a block map of the same partition."""
+        count = len(self._bits)
+        self._bits[:] = blockmap.union(self._bits, bytes(flags[:count]).ljust(count, b"\0"))
+
+    def absent(self) -> Iterator[int]:
+        """The partition's blocks not in the set, in order (one C-level find per block)."""
+        index = self._bits.find(0)
+        while index >= 0:
+            yield index
+            index = self._bits.find(0, index + 1)
 
     def __iter__(self) -> Iterator[int]:
         index = self._bits.find(1)

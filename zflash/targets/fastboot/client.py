@@ -37,6 +37,7 @@ from zflash.transport import Transport, open_transport
 EventSink = Callable[[dict[str, Any]], None]
 
 DATA_PIECE = 4 << 20  # bytes read from the image and written per call
+GATHER_BELOW = 64 << 10  # smaller views of a stream are gathered into one write
 READ_SIZE = 1 << 20
 FAIL_GRACE = 1.0  # after a failed write, how long to wait for the device's FAIL reason
 BUSY_PREFIX = "device busy"  # the FAIL text of a device in another host's session
@@ -464,6 +465,10 @@ def _pieces(source: BinaryIO, size: int, what: str) -> Iterator[memoryview]:
     """``size`` bytes of ``source`` in DATA_PIECE views: straight from a memory map when
     the source is a regular file (no copy in user space, as the stock client does), else
     through one reused buffer."""
+    views = getattr(source, "views", None)
+    if callable(views):
+        yield from _gathered(views(), size, what)
+        return
     mapped = _map(source, size)
     if mapped is not None:
         try:
@@ -488,6 +493,33 @@ def _pieces(source: BinaryIO, size: int, what: str) -> Iterator[memoryview]:
                                                     f"of {size} bytes")
         done += n
         yield view[:n]
+
+
+def _gathered(views: Iterator[bytes | memoryview], size: int, what: str
+              ) -> Iterator[bytes | memoryview]:
+    """A stream's own views (zflash.targets.fastboot.stream), sent as they are: large ones
+    in DATA_PIECE slices, small ones (sparse headers) gathered into one write."""
+    small = bytearray()
+    done = 0
+    for view in views:
+        done += len(view)
+        if len(view) < GATHER_BELOW:
+            small += view
+            if len(small) < DATA_PIECE:
+                continue
+            view = small
+            small = bytearray()
+        elif small:
+            yield small
+            small = bytearray()
+        with memoryview(view) as whole:
+            for start in range(0, len(whole), DATA_PIECE):
+                yield whole[start:start + DATA_PIECE]
+    if small:
+        yield small
+    if done != size:
+        raise ZflashError(Code.INTERNAL, f"{what or 'image'}: {done} bytes made for a "
+                                         f"download of {size}")
 
 
 def _map(source: BinaryIO, size: int) -> mmap.mmap | None:

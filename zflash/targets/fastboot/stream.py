@@ -135,6 +135,37 @@ def plan_pieces(blocks: PartitionBlocks, block_size: int, limit: int,
     return pieces
 
 
+def image_bytes(blocks: PartitionBlocks, start: int, end: int
+                ) -> Iterator[bytes | memoryview]:
+    """Image bytes ``start..end`` of the partition, zeros past the image's end (a sparse
+    image is whole sparse blocks), as views of the package where its blocks are raw."""
+    size = blocks.part.block_size
+    first = start // size
+    stop = min(-(-end // size), len(blocks.table))
+    position = first * size
+    for view in blocks.raw_views(first, stop):
+        view = memoryview(view)
+        low, high = max(start - position, 0), min(len(view), end - position)
+        if low < high:
+            yield view[low:high]
+        position += len(view)
+    if position < end:  # the image's short last block, padded to a whole sparse block
+        yield bytes(end - max(position, start))
+
+
+class ImageStream:
+    """The whole image as one raw download (what the stock client sends for an image
+    that fits max-download-size): for an image without zero blocks, where a sparse image
+    saves nothing and costs the device a parse and, often, a second piece (D184)."""
+
+    def __init__(self, blocks: PartitionBlocks) -> None:
+        self.size = blocks.part.size
+        self._blocks = blocks
+
+    def views(self) -> Iterator[bytes | memoryview]:
+        return image_bytes(self._blocks, 0, self.size)
+
+
 class PieceStream:
     """One planned piece as a read-only stream (``readinto``) for the download: headers
     from the plan, RAW data from the package's blocks as they are needed."""
@@ -149,28 +180,23 @@ class PieceStream:
                   block_size: int) -> Iterator[bytes | memoryview]:
         chunks = plan.all_chunks()
         yield file_header(block_size, plan.total, len(chunks))
-        part = blocks.part
-        cached_index, cached = -1, memoryview(b"")
         for chunk in chunks:
             if chunk.kind is ChunkType.RAW:
                 yield chunk_header(chunk.kind, chunk.count, chunk.count * block_size)
-                start, end = chunk.first * block_size, (chunk.first + chunk.count) * block_size
-                position = start
-                while position < end:
-                    index = position // part.block_size
-                    if index != cached_index:
-                        cached_index, cached = index, memoryview(blocks.raw_at(index))
-                    offset = position - index * part.block_size
-                    piece = cached[offset:min(len(cached), offset + end - position)]
-                    if not len(piece):  # the image's short last block: pad to a sparse block
-                        yield bytes(end - position)
-                        break
-                    yield piece
-                    position += len(piece)
+                yield from image_bytes(blocks, chunk.first * block_size,
+                                       (chunk.first + chunk.count) * block_size)
             elif chunk.kind is ChunkType.FILL:
                 yield chunk_header(chunk.kind, chunk.count, 4) + FILL_ZERO
             else:
                 yield chunk_header(chunk.kind, chunk.count, 0)
+
+    def views(self) -> Iterator[bytes | memoryview]:
+        """The piece as it is sent: headers and views of the package's blocks, no copy
+        (the client sends each view as it is; ``readinto`` copies, for other readers)."""
+        if len(self._current):
+            yield self._current
+            self._current = memoryview(b"")
+        yield from self._parts
 
     def readinto(self, buffer: memoryview | bytearray) -> int:
         view = memoryview(buffer)

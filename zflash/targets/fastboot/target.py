@@ -22,8 +22,8 @@ from zflash.targets.blocks import PartitionBlocks
 from zflash.targets.fastboot.client import FastbootClient
 from zflash.targets.fastboot.facts import (FastbootFacts, listed_partitions, read_for_manifest,
                                            read_listing)
-from zflash.targets.fastboot.stream import (SPARSE_BLOCK_SIZES, PieceStream, plan_pieces,
-                                            sparse_block_size)
+from zflash.targets.fastboot.stream import (SPARSE_BLOCK_SIZES, ImageStream, PieceStream,
+                                            plan_pieces, sparse_block_size)
 
 NO_LIMIT = 1 << 62  # max-download-size not reported: one piece per image
 
@@ -31,6 +31,7 @@ NO_LIMIT = 1 << 62  # max-download-size not reported: one piece per image
 class FastbootTarget(Target):
     protocol = "fastboot"
     capabilities = Capabilities(erase=True, set_active=True, reboot=True)
+    stages_downloads = True  # download: is a RAM buffer; only flash:/erase: write
 
     def __init__(self, url: str, client: FastbootClient, emit: Emit | None = None) -> None:
         super().__init__(url, emit)
@@ -110,17 +111,41 @@ class FastbootTarget(Target):
             raise ZflashError(Code.INTERNAL, "fastboot cannot leave blocks out")
         name = f"{part.name}_{slot}" if part.slotted else part.name
         block_size = sparse_block_size(part.size, self.facts.partition_size(part)[0]) or 4096
-        zero_chunk = self._zero_chunk(blocks, name)
+        # Zero blocks go as DONT_CARE once the partition is erased. The erase is a write, so
+        # it waits, like flash:, until the first piece is downloaded and every block of the
+        # package checked out (blocks.ready(), D183); if the bootloader refuses it, the
+        # pieces are planned again with FILL chunks and the first one sent again.
+        zero_chunk, erase = ChunkType.DONT_CARE, KIND_ZERO in blocks.table.kinds()
         bar = _PieceProgress(progress, self.emit)
         previous, self.client.on_event = self.client.on_event, bar
         sent = pieces = 0
         try:
-            for plan in plan_pieces(blocks, block_size, self.limit, zero_chunk):
+            if not erase and part.size <= self.limit:
+                # no zero block and it fits: the raw image in one download, as stock sends it
+                image = ImageStream(blocks)
+                bar.piece(part.size, image.size)
+                self.client.download(image, image.size, f"{name} image")  # type: ignore[arg-type]
+                blocks.ready()  # raises, with nothing written, on a corrupt block
+                self.client.command(f"flash:{name}")
+                bar.finish_piece()
+                self.sent += image.size
+                return Written(image.size, 1)
+            plans = plan_pieces(blocks, block_size, self.limit, zero_chunk)
+            while plans:
+                plan = plans.pop(0)
                 start = min(plan.start * block_size, part.size)
                 stream = PieceStream(blocks, plan, block_size)
                 bar.piece(min(plan.end * block_size, part.size) - start, stream.size)
                 self.client.download(stream, stream.size,  # type: ignore[arg-type]
                                      f"{name} piece {plan.index + 1}")
+                blocks.ready()  # raises, with nothing written, on a corrupt block
+                if erase:
+                    erase = False
+                    if self._erase_for_zeros(name) is ChunkType.FILL:
+                        zero_chunk = ChunkType.FILL
+                        plans = plan_pieces(blocks, block_size, self.limit, zero_chunk)
+                        bar.rewind()
+                        continue
                 self.client.command(f"flash:{name}")
                 sent += stream.size
                 pieces += 1
@@ -130,11 +155,9 @@ class FastbootTarget(Target):
         self.sent += sent
         return Written(sent, pieces)
 
-    def _zero_chunk(self, blocks: PartitionBlocks, name: str) -> ChunkType:
+    def _erase_for_zeros(self, name: str) -> ChunkType:
         """DONT_CARE for zero blocks once the partition is erased (nothing to send or
         write for them); FILL zeros when the bootloader refuses the erase."""
-        if KIND_ZERO not in blocks.table.kinds():
-            return ChunkType.DONT_CARE
         try:
             self.client.command(f"erase:{name}")
         except ZflashError as exc:
@@ -169,16 +192,24 @@ class _PieceProgress:
         self.progress, self.emit = progress, emit
         self.covered = self.size = self.done = self.wire = 0
         self.base_done = self.base_wire = 0
+        self._again = False
 
     def piece(self, covered: int, size: int) -> None:
         """A new download: ``covered`` image bytes in ``size`` bytes of sparse data."""
-        self.base_done, self.base_wire = self.done, self.wire
+        if not self._again:
+            self.base_done, self.base_wire = self.done, self.wire
+        self._again = False
         self.covered, self.size = covered, size
 
     def _advance(self, done: int, wire: int) -> None:
         if done > self.done:
             self.progress(done - self.done, wire - self.wire)
             self.done, self.wire = done, wire
+
+    def rewind(self) -> None:
+        """The piece just downloaded is sent again (re-planned): it starts from the same
+        base, and progress already reported is not reported twice."""
+        self._again = True
 
     def finish_piece(self) -> None:
         self._advance(self.base_done + self.covered, self.base_wire + self.size)

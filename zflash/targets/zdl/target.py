@@ -11,6 +11,7 @@ from collections import deque
 from typing import Callable, Iterator
 
 from zflash.errors import Code, ZflashError
+from zflash.package import blockmap
 from zflash.package.format import KIND_ZERO, Manifest, PartitionEntry, block_length
 from zflash.package.reader import Package, wire_form
 from zflash.protocol.zdl import (CODEC_NONE, CODEC_ZLIB, CODEC_ZSTD, BeginUpdate, BlockHashes,
@@ -18,7 +19,7 @@ from zflash.protocol.zdl import (CODEC_NONE, CODEC_ZLIB, CODEC_ZSTD, BeginUpdate
                                  SetActive, UpdateReady)
 from zflash.targets.base import (BootReport, Capabilities, Emit, Identity, Progress, Target,
                                  UpdateStart, Verification, Written)
-from zflash.targets.blocks import BlockSet, PartitionBlocks
+from zflash.targets.blocks import PartitionBlocks
 from zflash.targets.zdl.session import SessionOptions, ZdlSession
 from zflash.transport.base import Transport
 
@@ -28,13 +29,18 @@ WIRE_CODECS = {"none": CODEC_NONE, "zlib": CODEC_ZLIB, "zstd": CODEC_ZSTD}
 
 
 def to_ranges(blocks: list[int]) -> tuple[tuple[int, int], ...]:
-    ranges: list[list[int]] = []
-    for block in sorted(blocks):
-        if ranges and sum(ranges[-1]) == block:
-            ranges[-1][1] += 1
-        else:
-            ranges.append([block, 1])
-    return tuple((f, c) for f, c in ranges)
+    """(first, count) runs of block indexes (a repeated index is one block)."""
+    ranges: list[tuple[int, int]] = []
+    first = previous = -2
+    for block in sorted(set(blocks)):
+        if block != previous + 1:
+            if previous >= 0:
+                ranges.append((first, previous - first + 1))
+            first = block
+        previous = block
+    if previous >= 0:
+        ranges.append((first, previous - first + 1))
+    return tuple(ranges)
 
 
 class ZdlTarget(Target):
@@ -73,8 +79,8 @@ class ZdlTarget(Target):
     def keep(self, index: int, part: PartitionEntry, blocks: list[int]) -> set[int]:
         kept = self.session.request(KeepBlocks(index, to_ranges(blocks)), Kept,
                                     work=2 * len(blocks) * part.block_size)  # check, copy
-        taken = BlockSet.from_ranges(part.block_count, kept.ranges)  # type: ignore[attr-defined]
-        return {b for b in blocks if b in taken}
+        taken = blockmap.from_runs(part.block_count, kept.ranges)  # type: ignore[attr-defined]
+        return set(blocks).intersection(blockmap.members(taken))
 
     # ------------------------------------------------------------ update
     def begin(self, package: Package, identity: Identity) -> UpdateStart:
