@@ -287,6 +287,18 @@ def test_cli_emulate_edl_and_flash_over_the_com_pty(tmp_path):
                               env={**os.environ, "ZFLASH_DEVICE": ""})
         assert done.returncode == 0, done.stderr
         assert '"event": "slot_switched"' in done.stdout or '"slot_switched"' in done.stdout
+        # the device resets after the flash: wait until it is back in EDL (its boot ROM
+        # answers again), as a technician waits for the port, before the next command
+        for _ in range(20):
+            back = subprocess.run([*zflash, "info", "-d", url, "--programmer",
+                                   str(EDL / "prog_firehose_zx-demo-TEST-ONLY.elf"), "--json"],
+                                  capture_output=True, text=True, timeout=120)
+            if back.returncode == 0:
+                break
+            assert back.returncode == Code.LINK_LOST - 9000, back.stderr  # still resetting
+            time.sleep(0.2)
+        assert back.returncode == 0, back.stderr
+        assert json.loads(back.stdout)["current_slot"] == "b"
         bad = subprocess.run([*zflash, "flash", str(EDL / "zx-demo-edl-1.1.0-other-hwid.zpk"),
                               "-d", url, "--trust", str(SIGNING_PUB)],
                              capture_output=True, text=True, timeout=120)
