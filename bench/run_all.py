@@ -290,8 +290,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small images, one round")
     parser.add_argument("--rounds", type=int, help="rounds per flash job (default 3, quick 1)")
-    parser.add_argument("--codec", default="zlib", choices=("zlib", "auto", "zstd", "none"),
-                        help="package codec (zlib: the host does not send zstd blocks yet)")
+    parser.add_argument("--codec", default="auto", choices=("zlib", "auto", "zstd", "none"),
+                        help="package codec (auto, `zflash pack`'s default: zstd or zlib per "
+                             "block, whichever is smaller)")
     parser.add_argument("--jobs", default="tcp,shaped,fastboot,startup",
                         help="comma-separated subset of tcp, shaped, fastboot, startup")
     parser.add_argument("--workdir", type=Path, help="where images go (default a temp dir)")
