@@ -55,6 +55,35 @@ class Outcome:
         return self.returncode is None
 
 
+#: The bounds every hostile case is held to (D150): a hard kill, an end, memory, output.
+HARD_TIMEOUT = 40.0
+BOUND = 30.0
+MAX_RSS_MIB = 300.0
+MAX_OUTPUT = 1 << 20
+
+
+def assert_coded_end(outcome: Outcome, codes: tuple[int, ...] = (),
+                     may_succeed: bool = False) -> None:
+    """The property every hostile case checks: the process ended by itself within BOUND, in
+    bounded memory and output, without a traceback, with an ``error 90xx`` line (never 9001)
+    whose code is its exit status (one of ``codes`` when given); or, where the lie cannot be
+    seen through (``may_succeed``), exit 0."""
+    assert not outcome.timed_out, f"killed after {HARD_TIMEOUT:g} s: {outcome.stderr[-600:]}"
+    assert "Traceback" not in outcome.stderr, outcome.stderr[-2000:]
+    assert outcome.seconds < BOUND, f"{outcome.seconds:.1f} s: {outcome.stderr[-600:]}"
+    assert outcome.peak_rss_mib < MAX_RSS_MIB, f"{outcome.peak_rss_mib:.0f} MiB"
+    assert len(outcome.stdout) < MAX_OUTPUT and len(outcome.stderr) < MAX_OUTPUT
+    if may_succeed and outcome.returncode == 0:
+        return
+    found = re.findall(r"error (90\d\d)", outcome.stderr)
+    assert found, (outcome.returncode, outcome.stderr[-1000:])
+    code = int(found[0])
+    assert code != 9001, outcome.stderr[-1000:]
+    assert outcome.returncode == code - 9000, (outcome.returncode, code)
+    if codes:
+        assert code in codes, outcome.stderr[-1000:]
+
+
 def _hwm_mib(pid: int) -> float | None:
     """VmHWM (peak RSS of the process's current image) from /proc, None when unreadable."""
     try:
