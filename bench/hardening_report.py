@@ -66,6 +66,10 @@ CASES: list[tuple[str, str, str]] = [
     ("socket:// / ser2net reads, rfc2217 defaults, pty name, idle link, handshake timeout",
      "64 MiB backup > 300 s on socket://; rfc2217 9020; pts moves; fastboot hangs",
      "tests/test_serial_stacks.py tests/test_rfc2217.py tests/test_liveness.py"),
+    ("hostile EDL device (Sahara/Firehose misbehaviour)", "a log flood hung at 293 MiB; "
+     "a missing final ACK waited 120 s", "tests/test_hostile_edl.py"),
+    ("EDL power loss at every Firehose step, then a rerun", "no such fault",
+     "tests/test_edl_power_loss.py"),
     ("fuzz suite (every parser a stranger can feed)", "none", "tests/fuzz"),
 ]
 
