@@ -190,3 +190,35 @@ def test_a_silent_server_ends_within_the_url_timeout() -> None:
         server.close()
     assert info.value.code == Code.SERIAL_SERVER
     assert "did not answer the COM-PORT-OPTION" in info.value.detail
+
+
+def test_a_baud_change_is_sent_in_band_and_awaited() -> None:
+    """set_baudrate asks the server to reprogram its port and returns once it confirmed."""
+    asked: list[int] = []
+
+    def script(conn: socket.socket) -> None:
+        conn.settimeout(5)
+        conn.sendall(bytes((IAC, DO, COM_PORT_OPTION, IAC, DO, BINARY, IAC, WILL, BINARY)))
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            marker = bytes((IAC, SB, COM_PORT_OPTION, SET_BAUDRATE))
+            at = chunk.find(marker)
+            while at >= 0:
+                asked.append(int.from_bytes(chunk[at + 4:at + 8], "big"))
+                at = chunk.find(marker, at + 1)
+            reply = b"".join(bytes((IAC, SB, COM_PORT_OPTION, command + 100, 0, IAC, SE))
+                             for command in _commands(chunk) if command != 5)
+            conn.sendall(reply)
+
+    server = Server(script)
+    try:
+        link = open_transport(f"rfc2217://127.0.0.1:{server.port}?baud=9600", timeout=5)
+        assert link.baudrate == 9600  # type: ignore[attr-defined]
+        link.set_baudrate(921600)
+        assert link.baudrate == 921600  # type: ignore[attr-defined]
+        link.close()
+    finally:
+        server.close()
+    assert asked == [9600, 921600]
