@@ -26,13 +26,10 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-KEY = REPO / "firmware-samples" / "keys" / "zx-demo-TEST-ONLY-signing.pem"
-PUB = REPO / "firmware-samples" / "keys" / "zx-demo-TEST-ONLY-signing.pub.pem"
+from common import KEY, MIB, PUB, ZFLASH, peak_rss_mib  # noqa: E402  (bench/ is on sys.path)
+
 RESULTS = Path(__file__).resolve().parent / "results-station.md"
-MIB = 1 << 20
 RATE = 4_000_000
-ZFLASH = [sys.executable, "-m", "zflash"]
 CLK = os.sysconf("SC_CLK_TCK")
 COLUMNS = ["N", "wall_s", "sent_MB", "aggregate_MBps", "target_MBps", "meets_target",
            "station_cpu_s_per_dev", "station_rss_MiB", "station_rss_MiB_per_dev",
@@ -57,14 +54,6 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK  # utime + stime
-
-
-def peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def sent_bytes(stdout: str, report: Path | None) -> int:

@@ -23,8 +23,9 @@ import pytest
 
 from conftest import SIGNING_PUB
 from emulator_helpers import GOOD, NEWER, demo_profile
+from test_flash_e2e import emulator  # noqa: F401 (fixture: link, faults=... -> runner)
 from zflash.emulator.device import EmulatedDevice
-from zflash.emulator.runner import EmulatorRunner, LinkFaults
+from zflash.emulator.runner import LinkFaults
 from zflash.emulator.storage import Storage
 from zflash.errors import Code, ZflashError
 from zflash.facts import DeviceFacts
@@ -54,20 +55,6 @@ def zflash(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedProces
 def events(result: subprocess.CompletedProcess[str]) -> list[dict]:
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
-
-@pytest.fixture
-def emulator(tmp_path):
-    runners: list[EmulatorRunner] = []
-
-    def start(link: str, faults: LinkFaults) -> EmulatorRunner:
-        runner = EmulatorRunner(tmp_path / f"dev{len(runners)}", demo_profile(), faults=faults)
-        runner.start_tcp(0) if link == "tcp" else runner.start_pty()
-        runners.append(runner)
-        return runner
-
-    yield start
-    for runner in runners:
-        runner.stop()
 
 
 # ------------------------------------------------------------------ frames cut short
@@ -126,7 +113,7 @@ def test_keepalives_are_life_but_not_progress():
     ("tcp", LinkFaults(stall_after_bytes=60_000, serial_baud=115200)),
 ], ids=["pty-fast", "tcp-115200"])
 def test_a_dead_link_is_reported_within_the_bound(emulator, link, faults):
-    runner = emulator(link, faults)
+    runner = emulator(link, faults=faults)
     result, wall = zflash("flash", str(GOOD), "-d", runner.urls[0], *TRUST, "--json")
     assert result.returncode == 24, result.stderr
     assert "no sign of life from the device for" in result.stderr
@@ -136,7 +123,7 @@ def test_a_dead_link_is_reported_within_the_bound(emulator, link, faults):
 def test_a_slow_but_alive_link_never_retransmits(emulator):
     """40 kB/s behind TCP: one 256 KiB frame takes 6.5 s, a window of them minutes; the
     device's keep-alives show it is draining, so nothing is sent twice."""
-    runner = emulator("tcp", LinkFaults(bytes_per_second=40_000))
+    runner = emulator("tcp", faults=LinkFaults(bytes_per_second=40_000))
     result, _ = zflash("flash", str(NEWER), "-d", runner.urls[0], *TRUST, "--json",
                        "--no-reboot")
     assert result.returncode == 0, result.stderr
@@ -151,14 +138,14 @@ def test_one_percent_corruption_over_tcp_does_not_end_at_the_last_commit(emulato
     """Seed 3 damaged the length of a lone request; the device waited for bytes that never
     came and the host gave up (9024) at the last commit. Now the device gives the frame up
     when the line goes idle and NAKs it."""
-    runner = emulator("tcp", LinkFaults(corrupt_fraction=0.01, seed=3))
+    runner = emulator("tcp", faults=LinkFaults(corrupt_fraction=0.01, seed=3))
     result, _ = zflash("flash", str(GOOD), "-d", runner.urls[0], *TRUST, "--json")
     assert result.returncode == 0, result.stderr
     assert runner.faulty is not None and runner.faulty.corrupted_chunks > 0
 
 
 def test_five_percent_corruption_over_the_pty_completes(emulator):
-    runner = emulator("pty", LinkFaults(corrupt_fraction=0.05, seed=11))
+    runner = emulator("pty", faults=LinkFaults(corrupt_fraction=0.05, seed=11))
     result, _ = zflash("flash", str(NEWER), "-d", runner.urls[0], *TRUST, "--json",
                        "--max-data", "65536", "--window", "8", "--no-reboot")
     assert result.returncode == 0, result.stderr
@@ -167,7 +154,7 @@ def test_five_percent_corruption_over_the_pty_completes(emulator):
 
 # ------------------------------------------------------------------ options
 def test_an_unsupported_baud_is_refused_with_the_supported_ones(emulator):
-    runner = emulator("pty", LinkFaults(serial_baud=115200))
+    runner = emulator("pty", faults=LinkFaults(serial_baud=115200))
     result, _ = zflash("info", "-d", runner.urls[0], "--baud", "12345")
     assert result.returncode == 2, result.stderr
     assert "error 9002" in result.stderr and "unsupported baud rate 12345" in result.stderr

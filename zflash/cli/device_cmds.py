@@ -5,7 +5,6 @@ that has the capability and says so with a coded error (9035) when one does not.
 
 from __future__ import annotations
 
-import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -123,7 +122,8 @@ def emulate(state_dir: Path, profile: Path | None, trust_files: tuple[Path, ...]
     A new state directory takes its identity and layout from --profile (JSON: product,
     hardware_revision, baseband, serial, partitions, cache_size, rollback_indexes,
     trusted_keys, max_download_size) and the options; an existing one keeps its own."""
-    from zflash.emulator.runner import EmulatorRunner, LinkFaults, load_profile
+    from zflash.emulator.runner import (EmulatorRunner, LinkFaults, load_profile,
+                                        serve_until_stopped)
     if edl:
         from zflash.emulator.edl_runner import run_edl
         sys.exit(run_edl(state_dir, pty_link, url_file, LinkFaults(
@@ -170,12 +170,8 @@ def emulate(state_dir: Path, profile: Path | None, trust_files: tuple[Path, ...]
     sys.stdout.flush()
     if url_file:
         url_file.write_text("".join(f"{u}\n" for u in runner.urls))
-    signal.signal(signal.SIGTERM, lambda *_: runner.stop_event.set())
     try:
-        while not runner.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
+        serve_until_stopped(runner.stop_event)
     finally:
         runner.stop()
     if runner.power_lost.is_set():

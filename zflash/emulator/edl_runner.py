@@ -10,7 +10,6 @@ boot ROM again, over the same LUN files. ``run_edl`` is
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Callable
 from zflash.emulator.edl_power import PowerCut, PowerLoss
 from zflash.emulator.edl_server import EdlDevice, EdlOptions
 from zflash.emulator.link import PtyLink
-from zflash.emulator.runner import LinkFaults, LinkWrapper
+from zflash.emulator.runner import LinkFaults, LinkWrapper, serve_until_stopped
 
 ACCEPT_POLL = 0.1
 
@@ -73,12 +72,8 @@ def run_edl(state_dir: Path, link_path: str | None, url_file: Path | None,
     sys.stdout.flush()
     if url_file:
         url_file.write_text(server.url + "\n")
-    signal.signal(signal.SIGTERM, lambda *_: server.stop_event.set())
     try:
-        while not server.stop_event.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
+        serve_until_stopped(server.stop_event)
     finally:
         server.stop()
     return 0

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from zflash.emulator.runner import EmulatorRunner, LinkFaults
+from zflash.emulator.runner import EmulatorRunner, LinkFaults, serve_until_stopped
 from zflash.emulator.storage import Profile
 from zflash.errors import Code, ZflashError
 
@@ -391,7 +391,6 @@ def run_fleet(root: Path, count: int, profile: Profile, faults: LinkFaults,
               out: Callable[[str], None]) -> None:
     """`zflash emulate --devices N`: print the URLs (one a line, device order), play the
     schedule, answer the control socket, until a ``stop`` event, SIGTERM or Ctrl-C."""
-    import signal
     schedule: list[ScheduleEvent] = []
     if schedule_file is not None:
         try:
@@ -418,12 +417,7 @@ def run_fleet(root: Path, count: int, profile: Profile, faults: LinkFaults,
         for url in urls:
             out(url)
         fleet.play(schedule)
-        signal.signal(signal.SIGTERM, lambda *_: fleet.stop_event.set())
-        try:
-            while not fleet.stop_event.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            pass
+        serve_until_stopped(fleet.stop_event)
     finally:
         if server is not None:
             server.close()

@@ -8,6 +8,7 @@ shaping and faults, to the ZDL server loop.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,18 @@ def load_profile(path: Path | None, trusted_key_files: list[Path]) -> Profile:
         except OSError as exc:
             raise ZflashError(Code.FILE_UNREADABLE, f"{key}: {exc.strerror}") from None
     return profile
+
+
+def serve_until_stopped(stop_event: threading.Event) -> None:
+    """Block until ``stop_event`` is set, SIGTERM arrives or Ctrl-C: the life of every
+    `zflash emulate` process (one device, a fleet, an EDL device). The caller stops its
+    servers afterwards."""
+    signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
+    try:
+        while not stop_event.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
 
 
 class EmulatorRunner:

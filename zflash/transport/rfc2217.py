@@ -19,6 +19,7 @@ bounds the negotiation (default: the open timeout).
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 from zflash.errors import Code, ZflashError
 from zflash.transport.base import (
@@ -118,6 +119,10 @@ class Rfc2217Transport(Transport):
         deadline = time.monotonic() + timeout
         while not self._data:
             self._pump(deadline, timeout)
+        if len(self._data) <= max_bytes:  # the usual case: hand over all that came
+            out = bytes(self._data)
+            self._data.clear()
+            return out
         out = bytes(self._data[:max_bytes])
         del self._data[:max_bytes]
         return out
@@ -157,7 +162,7 @@ class Rfc2217Transport(Transport):
         self._wait(deadline, lambda: command in self._codec.answers,
                    f"the {what} setting")
 
-    def _wait(self, deadline: float, done, what: str) -> None:  # type: ignore[no-untyped-def]
+    def _wait(self, deadline: float, done: Callable[[], bool], what: str) -> None:
         while not done():
             remaining = deadline - time.monotonic()
             if remaining <= 0:

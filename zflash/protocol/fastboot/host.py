@@ -20,6 +20,7 @@ from __future__ import annotations
 from enum import Enum
 
 from zflash.errors import Code, ZflashError
+from zflash.protocol.latch import breaks_for_good
 from zflash.protocol.fastboot.constants import MAX_DATA_SIZE, MAX_RESPONSE
 from zflash.protocol.fastboot.events import (
     DataRequest,
@@ -109,17 +110,9 @@ class HostEngine:
         return MAX_RESPONSE
 
     # --------------------------------------------------------------- receiving
+    @breaks_for_good("fastboot", HostState.BROKEN)
     def receive(self, data: Buffer, end: bool = True) -> list[HostEvent]:
         """Feed received bytes; ``end`` marks the end of a packet (TCP message, USB transfer)."""
-        try:
-            return self._receive(data, end)
-        except ZflashError:
-            self.state = HostState.BROKEN
-            raise
-
-    def _receive(self, data: Buffer, end: bool) -> list[HostEvent]:
-        if self.state is HostState.BROKEN:
-            raise ZflashError(Code.PROTOCOL, "the fastboot session failed earlier")
         if self.state is HostState.RECEIVING:
             return self._upload_bytes(data)
         if self.state is HostState.IDLE:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from enum import Enum
 
 from zflash.errors import Code, ZflashError
+from zflash.protocol.latch import breaks_for_good
 from zflash.protocol.firehose.constants import DEVICE_MAX_XML
 from zflash.protocol.firehose.events import (
     NEED_DATA,
@@ -51,17 +52,9 @@ class DeviceEngine:
     def receive_data(self, data: Buffer) -> None:
         self._splitter.feed(data)
 
+    @breaks_for_good("Firehose", DeviceState.BROKEN)
     def next_event(self) -> DeviceEvent | NeedData:
         """The next command, data chunk or Malformed; PROTOCOL for a broken byte stream."""
-        try:
-            return self._next_event()
-        except ZflashError:
-            self.state = DeviceState.BROKEN
-            raise
-
-    def _next_event(self) -> DeviceEvent | NeedData:
-        if self.state is DeviceState.BROKEN:
-            raise ZflashError(Code.PROTOCOL, "the Firehose session failed earlier")
         if self._pending:
             return self._pending.pop(0)
         if self.state is DeviceState.RECEIVING:

@@ -16,6 +16,7 @@ from collections import deque
 from enum import Enum
 
 from zflash.errors import Code, ZflashError
+from zflash.protocol.latch import breaks_for_good
 from zflash.protocol.firehose.constants import (
     DEFAULT_PAYLOAD,
     DEVICE_MAX_XML,
@@ -99,17 +100,9 @@ class HostEngine:
         """Feed bytes read from the transport; an empty read (ZLP) is ignored."""
         self._splitter.feed(data)
 
+    @breaks_for_good("Firehose", HostState.BROKEN)
     def next_event(self) -> HostEvent | NeedData:
         """The next event or NEED_DATA; ZflashError(PROTOCOL) on a violation."""
-        try:
-            return self._next_event()
-        except ZflashError:
-            self.state = HostState.BROKEN
-            raise
-
-    def _next_event(self) -> HostEvent | NeedData:
-        if self.state is HostState.BROKEN:
-            raise ZflashError(Code.PROTOCOL, "the Firehose session failed earlier")
         while not self._events:
             if self.state is HostState.RECEIVING:
                 data = self._splitter.raw(self._left)

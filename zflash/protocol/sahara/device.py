@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Union
 
 from zflash.errors import Code, ZflashError
+from zflash.protocol.latch import breaks_for_good
 from zflash.protocol.sahara.constants import (
     DEVICE_COMPATIBLE,
     DEVICE_MAX_CMD,
@@ -95,17 +96,9 @@ class DeviceEngine:
         """Feed bytes from the host (any split)."""
         self._reader.feed(data)
 
+    @breaks_for_good("Sahara", DeviceState.BROKEN)
     def next_event(self) -> DeviceEvent | NeedData:
         """The next event or NEED_DATA; a host out of turn is ZflashError(PROTOCOL)."""
-        try:
-            return self._next_event()
-        except ZflashError:
-            self.state = DeviceState.BROKEN
-            raise
-
-    def _next_event(self) -> DeviceEvent | NeedData:
-        if self.state is DeviceState.BROKEN:
-            raise ZflashError(Code.PROTOCOL, "the Sahara session failed earlier")
         if self.state is DeviceState.FINISHED or not len(self._reader):
             return NEED_DATA
         if self.state is DeviceState.RECEIVING:

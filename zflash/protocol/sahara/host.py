@@ -19,6 +19,7 @@ from enum import Enum
 from typing import Union
 
 from zflash.errors import Code, ZflashError
+from zflash.protocol.latch import breaks_for_good
 from zflash.protocol.sahara.constants import (
     AUTH_FAILURES,
     DEVICE_TO_HOST,
@@ -121,18 +122,10 @@ class HostEngine:
         """Feed bytes read from the transport (any split; empty is ignored, e.g. a ZLP)."""
         self._reader.feed(data)
 
+    @breaks_for_good("Sahara", HostState.BROKEN)
     def next_event(self) -> HostEvent | NeedData:
         """The next event or NEED_DATA; raises ZflashError(PROTOCOL) on a violation."""
-        try:
-            return self._next_event()
-        except ZflashError:
-            self.state = HostState.BROKEN
-            raise
-
-    def _next_event(self) -> HostEvent | NeedData:
         state = self.state
-        if state is HostState.BROKEN:
-            raise ZflashError(Code.PROTOCOL, "the Sahara session failed earlier")
         if state is HostState.EXEC_DATA:
             return self._exec_data()
         if state is HostState.FINISHED or not len(self._reader):
