@@ -219,6 +219,31 @@ def test_commands_without_a_device_import_only_what_they_use(args, also_absent):
         assert not any(m == name or m.startswith(name + ".") for m in loaded), (args, name)
 
 
+def test_a_flash_imports_the_host_side_only():
+    """`zflash flash PKG` pays for what a host uses: not the device engine, the fetch
+    commands or cryptography's key parser (an Ed25519 trust key needs none of it, D189).
+    The device URL is a closed port, so the run ends coded after the imports."""
+    import socket
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    probe = ("import sys\nfrom zflash.cli import main\ntry:\n    main(sys.argv[1:])\n"
+             "except SystemExit as exc:\n    code = exc.code\n"
+             "print('\\n'.join(sorted(sys.modules)), file=sys.stderr)\nsys.exit(code)\n")
+    package = SAMPLES / "zx-demo-1.1.0.zpk"
+    result = subprocess.run([sys.executable, "-c", probe, "flash", str(package),
+                             "-d", f"tcp://127.0.0.1:{port}", "--trust", str(SIGNING_PUB),
+                             "--json"],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "ZFLASH_TRUST_DIR": "/nonexistent-zflash-trust"})
+    assert result.returncode not in (0, 1), result.stderr  # a coded refusal, not a crash
+    loaded = set(result.stderr.split())
+    assert "zflash.targets.zdl.session" in loaded  # it did get as far as the link
+    for name in ("zflash.protocol.zdl.device", "zflash.cli.fetch_cmds", "zflash.emulator",
+                 "cryptography.hazmat.primitives.serialization", "tqdm", "ssl"):
+        assert not any(m == name or m.startswith(name + ".") for m in loaded), name
+
+
 def test_help_lists_every_command():
     result = run("--help")
     assert result.returncode == 0

@@ -14,7 +14,7 @@ import click
 
 from zflash.cli import main
 from zflash.cli.common import emit_json, load_trust, refuse_existing, trust_options
-from zflash.cli.fetch_cmds import fetch_config, tls_options
+from zflash.cli.tls_options import fetch_config, tls_options
 from zflash.cli.render import DownloadRenderer, EventRenderer
 from zflash.errors import Code, ZflashError
 from zflash.facts import SlotInfo

@@ -16,8 +16,7 @@ from zflash.cli.common import emit_json, load_trust, trust_options
 from zflash.cli.render import DownloadRenderer
 from zflash.errors import Code, ZflashError
 from zflash.facts import DeviceFacts
-from zflash.fetch.config import (FetchConfig, default_cache_dir, default_pin_file,
-                                 default_state_file)
+from zflash.cli.tls_options import fetch_config, tls_options
 
 if TYPE_CHECKING:
     from zflash.package.keys import TrustStore
@@ -61,38 +60,6 @@ def _explicit_facts(product: str | None, hw_rev: str | None, baseband: str | Non
                        baseband=baseband or "", serial="", protocol_version=0, flash_size=0,
                        cache_size=0, cache_free=0,
                        rollback_indexes=_rollback_indexes(rollback))
-
-
-def tls_options(func: Any) -> Any:
-    """Options that say how to reach an update server: pins, CA, cache, catalog state."""
-    for option in reversed([
-        click.option("--pin", "pins", multiple=True, metavar="sha256/BASE64",
-                     help="Accepted server key (SHA-256 of its SubjectPublicKeyInfo); repeat "
-                          "to allow key rotation."),
-        click.option("--pin-file", type=click.Path(path_type=Path),
-                     help=f"JSON {{server: [pins]}} (default {default_pin_file()})."),
-        click.option("--pin-only", is_flag=True,
-                     help="Skip CA and hostname checks (self-signed or private server); the "
-                          "pin alone authenticates the server."),
-        click.option("--ca-file", type=click.Path(path_type=Path),
-                     help="CA certificates (PEM) to verify the server with, instead of the "
-                          "system's."),
-        click.option("--cache-dir", type=click.Path(path_type=Path),
-                     help=f"Download cache (default {default_cache_dir()})."),
-        click.option("--state-file", type=click.Path(path_type=Path),
-                     help=f"Newest catalog versions seen (default {default_state_file()})."),
-    ]):
-        func = option(func)
-    return func
-
-
-def fetch_config(pins: tuple[str, ...], pin_file: Path | None, pin_only: bool,
-                 ca_file: Path | None, cache_dir: Path | None, state_file: Path | None,
-                 timeout: float, trust: "TrustStore", on_event: Any) -> FetchConfig:
-    from zflash.fetch.tls import TlsPolicy
-    policy = TlsPolicy.build(pins, pin_file, pin_only, ca_file, timeout)
-    return FetchConfig(policy=policy, trust=trust, cache_dir=cache_dir or default_cache_dir(),
-                       state_file=state_file or default_state_file(), on_event=on_event)
 
 
 @main.command()

@@ -17,7 +17,7 @@ import click
 
 from zflash.cli import main
 from zflash.cli.common import emit_json, load_trust
-from zflash.cli.fetch_cmds import tls_options
+from zflash.cli.tls_options import tls_options
 from zflash.errors import Code, ZflashError
 
 
