@@ -67,12 +67,18 @@ class UpdateSession:
     """One update in progress, journaled in staging/DIGEST so it survives a disconnect."""
 
     def __init__(self, storage: Storage, head: PackageHead, head_bytes: bytes,
-                 target: str | None, journal: dict[str, Any] | None) -> None:
+                 target: str | None, journal: dict[str, Any] | None,
+                 digests: dict[str, bytes] | None = None) -> None:
         self.storage, self.head, self.target = storage, head, target
         self.head_bytes = head_bytes
-        self.dir = storage.staging_dir(head.digest)
+        self.digest = head.digest  # hashed once: it names the staging dir and the journal
+        self.dir = storage.staging_dir(self.digest)
         self.resumed = journal is not None
         self.started = False
+        #: the target slot already holds this very build, every block proven by its commit
+        #: record (see EmulatedDevice._holds_package): nothing is written before SET_ACTIVE
+        self.unchanged = False
+        self._digests = {} if digests is None else digests  # name -> table digests
         self.failure: ZflashError | None = None  # a refused block ends the update
         self.parts: list[_Partition] = []
         done = set(journal.get("committed", [])) if journal else set()
@@ -110,6 +116,22 @@ class UpdateSession:
             return self.storage.partition_path(entry.name, self.target)
         return self.dir / f"{entry.name}.img"
 
+    def digests(self, name: str) -> bytes:
+        """The signed table's block digests of partition ``name``, joined once per head."""
+        digests = self._digests.get(name)
+        if digests is None:
+            digests = self._digests[name] = self.head.tables[name].digests()
+        return digests
+
+    def end_unchanged(self) -> None:
+        """A file of the target slot is about to change under an unchanged update: what the
+        commit records proved no longer holds, so nothing granted on that proof stands (the
+        host is told at SET_ACTIVE that partitions are not committed; a rerun starts over)."""
+        self.unchanged = False
+        for part in self.parts:
+            part.verified[:] = bytes(len(part.verified))
+            part.committed = False
+
     def have_ranges(self) -> list[dict[str, Any]]:
         """Blocks the host need not send: verified ones and zero blocks (filled locally)."""
         result = []
@@ -128,7 +150,7 @@ class UpdateSession:
             if part.fd >= 0:
                 os.fsync(part.fd)
         write_json(self.dir / "journal.json", {
-            "digest": self.head.digest, "target_slot": self.target,
+            "digest": self.digest, "target_slot": self.target,
             "verified": {p.entry.name: bytes(p.verified).hex() for p in self.parts},
             "committed": [p.entry.name for p in self.parts if p.committed]})
         self._unsynced = 0
@@ -161,6 +183,8 @@ class EmulatedDevice:
         self._step_counts: dict[str, int] = {}
         self._hashes = BlockHashCache()
         self._records = DigestRecords(storage.root / "digests")
+        self._last_head: PackageHead | None = None  # the head BEGIN_UPDATE decoded last
+        self._last_digests: dict[str, bytes] = {}  # its tables' digests, once joined
         #: called now and then during long operations (hashing, KEEP, commit), so that a
         #: server can tell its host the device is busy, not dead
         self.on_alive: Callable[[], None] = lambda: None
@@ -187,6 +211,10 @@ class EmulatedDevice:
         """About to write ``path``: what the device remembered of its blocks is void."""
         self._hashes.forget(path)
         self._records.drop(path)
+        session = self.session
+        if session is not None and session.unchanged and \
+                any(part.path == path for part in session.parts):
+            session.end_unchanged()
 
     # ------------------------------------------------------------------ facts
     @property
@@ -225,7 +253,7 @@ class EmulatedDevice:
     # ------------------------------------------------------------------ update
     def begin_update(self, head_bytes: bytes) -> dict[str, Any]:
         """Check a package head; on success open (or resume) its update session."""
-        head = PackageHead.decode(head_bytes)
+        head = self._decode_head(head_bytes)
         failures = []
         try:
             head.verify_signature(self.trust)
@@ -241,13 +269,46 @@ class EmulatedDevice:
         target = facts.inactive_slot
         if journal and journal.get("target_slot") != target:
             journal = None  # the slots moved since: start over
-        if self.session and self.session.head.digest != head.digest:
+        if self.session and self.session.digest != head.digest:
             self.session.close()
             self.session = None
         if self.session is None:
-            self.session = UpdateSession(self.storage, head, bytes(head_bytes), target, journal)
-        return {"session": head.digest, "slot": target,
+            session = UpdateSession(self.storage, head, bytes(head_bytes), target, journal,
+                                    self._last_digests)
+            session.unchanged = not session.resumed and self._holds_package(session)
+            self.session = session
+        return {"session": self.session.digest, "slot": target,
                 "partitions": self.session.have_ranges()}
+
+    def _decode_head(self, head_bytes: bytes) -> PackageHead:
+        """Decode and structurally check a head. The same bytes always decode to the same
+        head, so the head of the update decoded last is kept: a rerun or a re-flash of one
+        package does not walk its block tables again (~3 ms at 512 MiB)."""
+        last = self._last_head
+        if last is not None and last.raw == head_bytes:
+            return last
+        head = self._last_head = PackageHead.decode(head_bytes)
+        self._last_digests = {}
+        return head
+
+    def _holds_package(self, session: UpdateSession) -> bool:
+        """The target slot already holds this package's build, proven without reading it.
+
+        True when the slot's committed records are exactly the package's, for every slotted
+        partition of the device (so set-active has nothing to copy in), and each file's
+        digest record (valid only while the file is as the device committed it, D182)
+        equals the signed table. Such an update changes no byte of the slot: there is
+        nothing to invalidate, stage or journal, and the slot stays bootable throughout."""
+        target, manifest = session.target, session.head.manifest
+        if target is None or target == self.meta["current_slot"]:
+            return False
+        wanted = {p.name: {"sha256": p.sha256, "size": p.size} for p in manifest.partitions}
+        slotted = {spec.name for spec in self.storage.profile.partitions if spec.slotted}
+        if not all(p.slotted for p in manifest.partitions) or set(wanted) != slotted or \
+                self.meta["committed"].get(target) != wanted:
+            return False
+        return all(self._recorded_digests(part.path, part.entry) ==
+                   session.digests(part.entry.name) for part in session.parts)
 
     def _invalidate_slot(self, target: str | None, head: PackageHead) -> None:
         """Before writing a slot, mark it unbootable: a half-written slot must never boot."""
@@ -266,7 +327,7 @@ class EmulatedDevice:
         if session is None:
             raise ZflashError(Code.PROTOCOL, "no update in progress: send BEGIN_UPDATE first")
         if not session.started:
-            self.storage.clear_staging(keep=session.head.digest)
+            self.storage.clear_staging(keep=session.digest)
             if not session.resumed:
                 self._invalidate_slot(session.target, session.head)
             session.start()
@@ -306,6 +367,12 @@ class EmulatedDevice:
                                                   "more is written until a new BEGIN_UPDATE")
             self.session.failure = failure  # type: ignore[union-attr]
             raise failure from None
+        if self.session.unchanged:  # type: ignore[union-attr]
+            # checked against the signed table, which the slot's commit record equals: the
+            # flash holds these very bytes, and writing them would only void that record
+            part.verified[block_index] = 1
+            self._step("write-block")
+            return
         session = self._session()
         if not part.touched:
             self._changing(part.path)
@@ -329,15 +396,19 @@ class EmulatedDevice:
         entry = part.entry
         session = self.session
         assert session is not None
+        if session.unchanged:
+            return self._keep_unchanged(part, ranges)
         table = session.head.tables[entry.name]
         source = (self.storage.partition_path(entry.name, session.target) if entry.slotted
                   else self.storage.partition_path(entry.name, None))
         known = self._hashes.get(source, entry.block_size)
+        probed = self._whole_block_record(source, entry.block_size)  # what the probe said
         in_place = source == part.path
         # The digests the device recorded when it committed this very file (valid while
         # the file is unchanged since): whole runs are checked against the signed table
         # with one compare each, and nothing is read (D182).
         recorded = self._recorded_digests(source, entry) if in_place else b""
+        signed = session.digests(entry.name) if recorded else b""
         accepted = bytearray(entry.block_count)
         started = False
         fd = os.open(source, os.O_RDONLY)
@@ -348,7 +419,7 @@ class EmulatedDevice:
                     continue
                 bulk = min(end, len(recorded) // 32)
                 if start < bulk and \
-                        recorded[start * 32:bulk * 32] == table.digests(start, bulk):
+                        recorded[start * 32:bulk * 32] == signed[start * 32:bulk * 32]:
                     if not started:
                         self._session()  # clears old staging, marks the slot unbootable
                         started = True
@@ -356,7 +427,10 @@ class EmulatedDevice:
                     start = bulk
                 for index in range(start, end):
                     offset, length = index * entry.block_size, block_length(entry, index)
-                    digest = known.get(index) if length == entry.block_size else None
+                    digest = None
+                    if length == entry.block_size:
+                        digest = known.get(index) or (probed[index * 32:index * 32 + 32]
+                                                      or None)
                     data = None
                     if digest is None or not in_place:
                         data = os.pread(fd, length, offset)
@@ -378,6 +452,25 @@ class EmulatedDevice:
             session.sync()
         return [list(run) for run in blockmap.runs(accepted)]
 
+    def _keep_unchanged(self, part: _Partition, ranges: list[list[int]]) -> list[list[int]]:
+        """KEEP in an unchanged update: every block of the partition was proven at
+        BEGIN_UPDATE (the commit record equals the signed table, D182), so each requested
+        block is accepted as it stands: no read, no compare, no write, no journal."""
+        accepted = blockmap.from_runs(part.entry.block_count, ranges)
+        part.verified[:] = blockmap.union(part.verified, accepted)
+        self._alive()
+        return [list(run) for run in blockmap.runs(accepted)]
+
+    def _whole_block_record(self, path: Path, block_size: int) -> bytes:
+        """The digests of whole blocks of ``path`` that its commit record vouches for, of
+        whatever image: the prefix a probe answers from the record. A short last block of
+        the recorded image is left out (the probe hashes a whole block of flash there)."""
+        record = self._records.load(path, block_size)
+        if record is None:
+            return b""
+        image, digests = record
+        return digests[:-32] if image % block_size else digests
+
     def _recorded_digests(self, path: Path, entry: PartitionEntry) -> bytes:
         """The digests the device recorded at its last commit of ``path``, when that was an
         image of ``entry``'s size and block size and the file is unchanged since; else b""."""
@@ -392,8 +485,10 @@ class EmulatedDevice:
         commit. Nothing is re-read: every block was checked against the signed table when it
         arrived (or when it was kept), and the table binds the image (zpk.md), so the image
         hash is the manifest's."""
+        part = self._part(part_index, start=False)
+        if self.session is not None and self.session.unchanged:
+            return self._commit_unchanged(self.session, part)
         session = self._session()
-        part = self._part(part_index)
         entry = part.entry
         name = entry.name
         if part.committed:
@@ -422,7 +517,8 @@ class EmulatedDevice:
         self._step("commit")
         record = {"sha256": entry.sha256, "size": entry.size}
         if entry.slotted:
-            self._records.save(part.path, entry.block_size, entry.size, table.digests())
+            self._records.save(part.path, entry.block_size, entry.size,
+                               session.digests(name))
             self.meta["committed"][session.target][name] = record
         else:
             live = self.storage.partition_path(name, None)
@@ -433,6 +529,22 @@ class EmulatedDevice:
         part.committed = True
         self.storage.save_meta()
         session.sync()
+        return entry.sha256
+
+    def _commit_unchanged(self, session: UpdateSession, part: _Partition) -> str:
+        """COMMIT in an unchanged update: the zero blocks are zero on flash (the record
+        equals the table), and the device's meta already records this very commit for the
+        target slot, so nothing is written; the power-loss step is where it always is."""
+        entry = part.entry
+        if part.committed:
+            return entry.sha256
+        zeros = blockmap.of_kind(session.head.tables[entry.name].kinds(), KIND_ZERO)
+        part.verified[:] = blockmap.union(part.verified, zeros)
+        missing = part.verified.count(0)
+        if missing:
+            raise ZflashError(Code.PROTOCOL, f"{entry.name}: {missing} blocks not written yet")
+        self._step("commit")
+        part.committed = True
         return entry.sha256
 
     # ------------------------------------------------------------------ slots and boot
@@ -446,7 +558,8 @@ class EmulatedDevice:
                 raise ZflashError(Code.SLOT, f"slot {slot}: partitions not committed: "
                                              f"{', '.join(pending)}")
             manifest = session.head.manifest
-            self._complete_slot(session)
+            if not session.unchanged:  # unchanged: every slotted partition is carried
+                self._complete_slot(session)
             self.meta["pending_rollback"][slot] = {str(manifest.rollback_location):
                                                    manifest.rollback_index}
             self.meta.setdefault("builds", {})[slot] = {"version": manifest.version,
@@ -563,7 +676,7 @@ class EmulatedDevice:
             problem = "forced boot failure" if slot == fail_slot else self._verify_slot(slot)
             attempts.append({"slot": slot, "ok": problem is None, "problem": problem})
             if problem is None:
-                self._boot_succeeded(slot)
+                self._boot_succeeded(slot)  # saved below, with last_boot: one meta write
                 break
             if not state["successful"] and state["tries_left"] <= 0:
                 state["priority"] = 0
@@ -592,7 +705,8 @@ class EmulatedDevice:
         return None
 
     def _boot_succeeded(self, slot: str) -> None:
-        """The OS marks the slot successful; only now may rollback indexes rise (AVB)."""
+        """The OS marks the slot successful; only now may rollback indexes rise (AVB).
+        The caller saves the meta (one write with the boot's outcome)."""
         state = self.meta["slots"][slot]
         state["successful"] = True
         state["tries_left"] = 0
@@ -601,7 +715,6 @@ class EmulatedDevice:
             stored = self.meta["rollback"].get(location, 0)
             self.meta["rollback"][location] = max(stored, index)
         self.meta["pending_rollback"][slot] = {}
-        self.storage.save_meta()
 
     # ------------------------------------------------------------------ raw access
     def block_hashes(self, name: str, slot: str | None, first: int, count: int,
@@ -615,15 +728,11 @@ class EmulatedDevice:
                                              f"{name} ({blocks} blocks of {block_size})")
         path = self.storage.partition_path(name, slot)
         known = self._hashes.get(path, block_size)
-        record = self._records.load(path, block_size)
-        recorded = len(record[1]) // 32 if record else 0
-        if record and record[0] % block_size:
-            recorded -= 1  # a short last block: the probe hashes a whole block of flash
         # the recorded prefix in bulk: slices of the record, no per-block work but the slice
-        upto = max(first, min(first + count, recorded))
-        digests = record[1] if record else b""
+        # (and not copied into ``known``: KEEP_BLOCKS reads the same record)
+        digests = self._whole_block_record(path, block_size)
+        upto = max(first, min(first + count, len(digests) // 32))
         hashes = [digests[i:i + 32] for i in range(first * 32, upto * 32, 32)]
-        known.update(zip(range(first, upto), hashes))
         fd = os.open(path, os.O_RDONLY)
         try:
             for index in range(upto, first + count):
