@@ -246,3 +246,84 @@ def test_an_image_without_zero_blocks_that_fits_goes_raw_in_one_download(
         assert slot_equals_image(runner, "system", image)
     assert forms == [False]
     assert summary.sent_bytes == image.stat().st_size
+
+
+def compressible_package(tmp_path: Path, data_blocks: int, zero_blocks: int) -> Path:
+    """zlib blocks (each different, each compressible), then zeros: a sparse image."""
+    image = tmp_path / "system.img"
+    image.write_bytes(b"".join(os.urandom(BLOCK // 8) * 8 for _ in range(data_blocks)) +
+                      bytes(zero_blocks * BLOCK))
+    out = tmp_path / "compressed.zpk"
+    build_package(INFO, [PartitionSource("system", image, True)],
+                  [keymod.load_private_key(SIGNING_KEY)], out, block_size=BLOCK, codec="zlib")
+    return out
+
+
+def count_expansions(monkeypatch: pytest.MonkeyPatch) -> dict[int, int]:
+    """Every inflate of a block (to check it, or to send it), per block index."""
+    from zflash.package import reader
+    counts: dict[int, int] = {}
+    real = reader.inflate_bounded
+
+    def counting(stored, length, part, index):  # type: ignore[no-untyped-def]
+        counts[index] = counts.get(index, 0) + 1
+        return real(stored, length, part, index)
+
+    monkeypatch.setattr(reader, "inflate_bounded", counting)
+    return counts
+
+
+def test_first_piece_blocks_are_expanded_once_beside_a_slow_sender(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """D190: the check workers keep what they expand for the sender, in a bounded cache;
+    when it is full they check blocks the sender sends only after the gate (or wait), never
+    expanding a first-piece block only to drop it. A slow sender and a two-block cache make
+    the workers run ahead: each first-piece block is still expanded once, no block more than
+    twice (once for the gate, once to send), each hashed once, and the slot is the image."""
+    import zflash.targets.blocks as blocks_module
+    out = compressible_package(tmp_path, 40, 8)
+    limit = 128 << 10
+    with Package(out) as pkg:
+        part = pkg.manifest.partitions[0]
+        plans = plan_pieces(PartitionBlocks(pkg, part, None), 4096, limit, ChunkType.DONT_CARE)
+    assert len(plans) >= 3
+    first_piece = range(-(-plans[0].end * 4096 // BLOCK))
+    monkeypatch.setattr(blocks_module, "KEEP_BYTES", 2 * BLOCK)
+    expanded = count_expansions(monkeypatch)
+    hashed = count_host_hashes(monkeypatch)
+    real_raw_at = PartitionBlocks.raw_at
+
+    def slow_raw_at(self, index):  # type: ignore[no-untyped-def]
+        time.sleep(0.005)  # a slow link: the workers get far ahead of the sender
+        return real_raw_at(self, index)
+
+    monkeypatch.setattr(PartitionBlocks, "raw_at", slow_raw_at)
+    with EmulatorRunner(tmp_path / "dev", demo_profile()) as runner:
+        url = runner.start_fastboot_tcp(0, FastbootOptions(max_download_size=limit))
+        dirty(runner, "system")
+        flash(url, out, trust(), FlashOptions(reboot=False, allow_partial=True),
+              lambda e: None)
+        assert slot_equals_image(runner, "system", tmp_path / "system.img")
+    assert {i: expanded.get(i) for i in first_piece} == {i: 1 for i in first_piece}
+    assert set(expanded) == set(range(40)) and max(expanded.values()) <= 2
+    assert sorted(hashed) == [("system", i) for i in range(40)]
+
+
+def test_a_full_cache_does_not_hold_up_the_gate(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers waiting for room in the cache (nobody takes, nobody said where the gate
+    is) still check every block once the gate waits: no deadlock, each block hashed once."""
+    import zflash.targets.blocks as blocks_module
+    out = compressible_package(tmp_path, 24, 0)
+    monkeypatch.setattr(blocks_module, "KEEP_BYTES", 2 * BLOCK)
+    hashed = count_host_hashes(monkeypatch)
+    with Package(out) as pkg:
+        part = pkg.manifest.partitions[0]
+        check = blocks_module.BlockCheck(pkg)
+        check.keep_expanded()
+        check.start([(part, list(range(24)))])
+        time.sleep(0.05)  # the cache fills; the workers wait for room
+        assert len(hashed) < 24
+        assert check.wait() is None
+        assert check.checked["system"] == set(range(24))
+    assert sorted(hashed) == [("system", i) for i in range(24)]

@@ -28,15 +28,23 @@ def read_stored(package: Package, part: PartitionEntry, index: int) -> bytes:
     return package.read_stored_at(entry, part, index)
 
 
-#: threads that hash a package's blocks, and how many consecutive blocks each takes in turn
+#: threads that hash a package's blocks beside the sender
 WORKERS = max(1, min(2, os.cpu_count() or 1))
-STRIPE = 64
 #: expanded blocks the workers may keep for the sender (bounded: memory stays flat)
 KEEP_BYTES = 32 << 20
 
 
+class _Queue:
+    """The blocks one ``start`` asked for, in order, shared by its workers: the front is
+    taken next (the blocks the sender reaches soonest), the back is the farthest."""
+
+    def __init__(self, items: list[tuple[PartitionEntry, list[int]]]) -> None:
+        self.blocks = [(part, index) for part, indexes in items for index in indexes]
+        self.front, self.back = 0, len(self.blocks)
+
+
 class BlockCheck:
-    """Checks named blocks of a package against the signed table on a worker thread."""
+    """Checks named blocks of a package against the signed table on worker threads."""
 
     def __init__(self, package: Package) -> None:
         self.package = package
@@ -45,7 +53,8 @@ class BlockCheck:
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         #: expanded compressed blocks the workers checked, kept for a sender that streams
-        #: while they work (D187): (partition, index) -> raw bytes, at most KEEP_BYTES
+        #: while they work (D187): (partition, index) -> raw bytes; with the room reserved
+        #: for blocks being expanded, at most KEEP_BYTES (D190)
         self._kept: dict[tuple[str, int], bytes | memoryview] = {}
         self._kept_bytes = 0
         self._keep = False
@@ -53,15 +62,27 @@ class BlockCheck:
         #: blocks a worker or the sender has started on: each is hashed by one of them
         self._claimed: dict[str, set[int]] = {p.name: set() for p in package.manifest.partitions}
         self._settled = threading.Condition(self._lock)
+        #: a kept block was taken, or the gate is waiting: a worker waiting for room goes on
+        self._room = threading.Condition(self._lock)
+        #: the blocks the sender sends before it waits for the gate (partition -> stop
+        #: index; every other partition: none of its blocks); None while not told
+        self._before_gate: dict[str, int] | None = None
+        #: the gate waits for every block: no more waiting for room
+        self._draining = False
+        self._kinds = {p.name: package.head.tables[p.name].kinds()
+                       for p in package.manifest.partitions}
 
     def claim(self, partition: str, index: int) -> bool:
         """True for the first caller only: that one checks the block."""
         with self._lock:
-            claimed = self._claimed[partition]
-            if index in claimed:
-                return False
-            claimed.add(index)
-            return True
+            return self._claim(partition, index)
+
+    def _claim(self, partition: str, index: int) -> bool:
+        claimed = self._claimed[partition]
+        if index in claimed:
+            return False
+        claimed.add(index)
+        return True
 
     def settle(self, partition: str, index: int) -> None:
         """The claimed block checked out."""
@@ -80,12 +101,25 @@ class BlockCheck:
         beside them then expands each compressed block once, not twice."""
         self._keep = True
 
+    def sends_before_gate(self, partition: str, stop: int) -> None:
+        """The sender sends blocks ``0..stop`` of ``partition`` (and no block of another)
+        before it waits for the gate. Only the first word counts: it is the first piece.
+
+        Why: with the cache full, a worker then checks blocks the sender reaches only
+        after the gate (the gate needs them anyway) instead of waiting for room, and never
+        expands a block of the first piece only to throw its bytes away (D190)."""
+        with self._room:
+            if self._before_gate is None:
+                self._before_gate = {partition: stop}
+                self._room.notify_all()
+
     def take(self, partition: str, index: int) -> bytes | memoryview | None:
         """A checked block's raw bytes if a worker kept them (each is handed out once)."""
         with self._lock:
             raw = self._kept.pop((partition, index), None)
             if raw is not None:
                 self._kept_bytes -= len(raw)
+                self._room.notify_all()
             return raw
 
     def fail(self, error: ZflashError) -> None:
@@ -94,52 +128,104 @@ class BlockCheck:
             if self.failure is None:
                 self.failure = error
             self._settled.notify_all()
+            self._room.notify_all()
 
     def start(self, work: Iterable[tuple[PartitionEntry, list[int]]]) -> None:
         """Begin checking ``work`` (partition, block indexes); returns at once.
 
-        The blocks are dealt to WORKERS threads in stripes of STRIPE blocks: hashlib and
-        the reads release the GIL, so a host with two cores hashes twice as fast while
-        the link waits for the check (D185)."""
-        items = list(work)
-        if not items:
+        WORKERS threads share the blocks: hashlib, zstd and the reads release the GIL, so
+        a host with two cores hashes twice as fast while the link waits for the check
+        (D185). Each takes the next unclaimed block in order (D190: see ``_next``)."""
+        queue = _Queue([(part, indexes) for part, indexes in work if indexes])
+        if not queue.blocks:
             return
-        for worker in range(WORKERS):
-            share = [(part, [i for n in range(worker * STRIPE, len(indexes), WORKERS * STRIPE)
-                             for i in indexes[n:n + STRIPE]]) for part, indexes in items]
-            share = [(part, indexes) for part, indexes in share if indexes]
-            if not share:
-                continue
-            thread = threading.Thread(target=self._run, args=(share,), daemon=True,
+        for worker in range(min(WORKERS, len(queue.blocks))):
+            thread = threading.Thread(target=self._run, args=(queue,), daemon=True,
                                       name=f"zflash-block-check-{worker}")
             self._threads.append(thread)
             thread.start()
 
-    def _run(self, items: list[tuple[PartitionEntry, list[int]]]) -> None:
-        for part, indexes in items:
-            table = self.package.head.tables[part.name]
-            done = self.checked[part.name]
-            for index in indexes:
-                if self.failure is not None or self._stop.is_set():
-                    return
-                if index in done or not self.claim(part.name, index):
-                    continue  # checked, or being checked, by the sender (PartitionBlocks)
-                entry = table[index]
-                try:
-                    raw = decode_block(part, index, entry,
-                                       read_stored(self.package, part, index))
-                except ZflashError as exc:
-                    self.fail(exc)  # the other worker may have found one too
-                    return
-                if self._keep and entry.kind != KIND_RAW:
-                    with self._lock:
-                        if self._kept_bytes + len(raw) <= KEEP_BYTES:
-                            self._kept[(part.name, index)] = raw
-                            self._kept_bytes += len(raw)
-                self.settle(part.name, index)
+    def _run(self, queue: _Queue) -> None:
+        while True:
+            job = self._next(queue)
+            if job is None:
+                return
+            part, index, reserved = job
+            entry = self.package.head.tables[part.name][index]
+            try:
+                raw = decode_block(part, index, entry,
+                                   read_stored(self.package, part, index))
+            except ZflashError as exc:
+                self.fail(exc)  # the other worker may have found one too
+                return
+            if self._keep and entry.kind != KIND_RAW:
+                self._store(part.name, index, raw, reserved)
+            self.settle(part.name, index)
+
+    def _next(self, queue: _Queue) -> tuple[PartitionEntry, int, int] | None:
+        """Claim the next block for a worker: (partition, index, bytes of room reserved to
+        keep it), or None when none is left (or the check stopped).
+
+        The front block, unless it is one to keep and the cache is full: then the
+        farthest block, if the sender sends it only after the gate (it is checked now,
+        for the gate, and expanded again when sent unless there is room to keep it); else
+        wait for room, until the gate waits. So a block the sender sends before the gate
+        is expanded once: by a worker that keeps it, or by the sender (D190)."""
+        with self._room:
+            while True:
+                if self._stop.is_set() or self.failure is not None:
+                    return None
+                blocks = queue.blocks
+                while queue.front < queue.back and \
+                        blocks[queue.front][1] in self._claimed[blocks[queue.front][0].name]:
+                    queue.front += 1
+                while queue.back > queue.front and \
+                        blocks[queue.back - 1][1] in self._claimed[blocks[queue.back - 1][0].name]:
+                    queue.back -= 1
+                if queue.front >= queue.back:
+                    return None
+                part, index = blocks[queue.front]
+                size = self._size_to_keep(part, index)
+                if not size or self._kept_bytes + size <= KEEP_BYTES or self._draining:
+                    queue.front += 1
+                    self._claim(part.name, index)
+                    reserved = size if self._kept_bytes + size <= KEEP_BYTES else 0
+                    self._kept_bytes += reserved
+                    return part, index, reserved
+                part, index = blocks[queue.back - 1]
+                if self._after_gate(part.name, index):
+                    queue.back -= 1
+                    self._claim(part.name, index)
+                    return part, index, 0
+                self._room.wait(0.5)
+
+    def _size_to_keep(self, part: PartitionEntry, index: int) -> int:
+        """The room a block takes in the cache: none for a raw one (the sender sends the
+        mapped package, not a copy) or when nothing is kept."""
+        if not self._keep or self._kinds[part.name][index] == KIND_RAW:
+            return 0
+        return block_length(part, index)
+
+    def _after_gate(self, partition: str, index: int) -> bool:
+        """Whether the sender sends the block only after the gate (False while unknown)."""
+        before = self._before_gate
+        return before is not None and index >= before.get(partition, 0)
+
+    def _store(self, partition: str, index: int, raw: bytes | memoryview,
+               reserved: int) -> None:
+        """Keep a checked block for the sender: in the room reserved for it, or in room
+        left over; else its bytes are dropped (the sender expands it again)."""
+        with self._lock:
+            self._kept_bytes -= reserved
+            if self._kept_bytes + len(raw) <= KEEP_BYTES:
+                self._kept[(partition, index)] = raw
+                self._kept_bytes += len(raw)
 
     def wait(self) -> ZflashError | None:
         """Wait for every started check; the first corrupt block found, or None."""
+        with self._room:
+            self._draining = True  # every block is needed now: none waits for room
+            self._room.notify_all()
         for thread in self._threads:
             thread.join()
         self._threads.clear()
@@ -167,6 +253,16 @@ class PartitionBlocks:
         self.table: list[BlockEntry] = package.head.tables[part.name]
         self._gate = gate
         self._check = check
+        #: the last compressed block expanded here: a piece that ends inside a block and
+        #: the next that starts there share it, so it is expanded once for both
+        self._last: tuple[int, bytes | memoryview] | None = None
+
+    def sends_before_ready(self, stop: int) -> None:
+        """The sender sends blocks ``0..stop`` of this partition, and no other block,
+        before it calls ``ready``: the check beside it then leaves those to the sender when
+        it cannot keep what it expands (D190). A no-op without such a check."""
+        if self._check is not None:
+            self._check.sends_before_gate(self.part.name, stop)
 
     def ready(self) -> None:
         """Return only when every block of the package has checked out against the signed
@@ -228,6 +324,15 @@ class PartitionBlocks:
 
     def raw_at(self, index: int) -> bytes | memoryview:
         """One block's raw bytes by position, hashed only if not checked before."""
+        last = self._last
+        if last is not None and last[0] == index:
+            return last[1]
+        raw = self._raw_at(index)
+        if self.table[index].kind != KIND_RAW:
+            self._last = (index, raw)
+        return raw
+
+    def _raw_at(self, index: int) -> bytes | memoryview:
         if self._check is not None:
             kept = self._check.take(self.part.name, index)
             if kept is not None:

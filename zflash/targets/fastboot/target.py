@@ -123,6 +123,7 @@ class FastbootTarget(Target):
             if not erase and part.size <= self.limit:
                 # no zero block and it fits: the raw image in one download, as stock sends it
                 image = ImageStream(blocks)
+                blocks.sends_before_ready(len(blocks.table))
                 bar.piece(part.size, image.size)
                 self.client.download(image, image.size, f"{name} image")  # type: ignore[arg-type]
                 blocks.ready()  # raises, with nothing written, on a corrupt block
@@ -135,6 +136,8 @@ class FastbootTarget(Target):
                 plan = plans.pop(0)
                 start = min(plan.start * block_size, part.size)
                 stream = PieceStream(blocks, plan, block_size)
+                blocks.sends_before_ready(-(-min(plan.end * block_size, part.size)
+                                            // part.block_size))
                 bar.piece(min(plan.end * block_size, part.size) - start, stream.size)
                 self.client.download(stream, stream.size,  # type: ignore[arg-type]
                                      f"{name} piece {plan.index + 1}")
