@@ -110,7 +110,7 @@ class _ZstandardBackend:
 
     def _decompressor(self) -> Any:
         """This thread's decompressor (one must not be shared between threads), made once:
-        making one per block cost about a fifth of the decoding (D192)."""
+        making one per block was a fifth of the decoding time (D191)."""
         made = getattr(self._local, "decompressor", None)
         if made is None:
             made = self._local.decompressor = self._z.ZstdDecompressor(

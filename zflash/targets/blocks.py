@@ -10,6 +10,8 @@ before (a block the device was expected to keep but did not), and never hashes o
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 import threading
 from typing import Callable, Container, Iterable, Iterator
@@ -36,11 +38,27 @@ KEEP_BYTES = 32 << 20
 
 class _Queue:
     """The blocks one ``start`` asked for, in order, shared by its workers: the front is
-    taken next (the blocks the sender reaches soonest), the back is the farthest."""
+    taken next (the blocks the sender reaches soonest), the back is the farthest. Positions
+    count across the partitions' lists (no object per block)."""
 
     def __init__(self, items: list[tuple[PartitionEntry, list[int]]]) -> None:
-        self.blocks = [(part, index) for part, indexes in items for index in indexes]
-        self.front, self.back = 0, len(self.blocks)
+        self.items = items
+        self.starts = list(itertools.accumulate((len(i) for _, i in items), initial=0))
+        self.front, self.back = 0, self.starts[-1]
+
+    def trim(self, claimed: Callable[[tuple[PartitionEntry, int]], bool]) -> bool:
+        """Move both ends past claimed blocks; whether any block is left between them."""
+        while self.front < self.back and claimed(self.at(self.front)):
+            self.front += 1
+        while self.back > self.front and claimed(self.at(self.back - 1)):
+            self.back -= 1
+        return self.front < self.back
+
+    def at(self, position: int) -> tuple[PartitionEntry, int]:
+        """(partition, block index) at a position."""
+        item = bisect.bisect_right(self.starts, position) - 1
+        part, indexes = self.items[item]
+        return part, indexes[position - self.starts[item]]
 
 
 class BlockCheck:
@@ -137,9 +155,9 @@ class BlockCheck:
         a host with two cores hashes twice as fast while the link waits for the check
         (D185). Each takes the next unclaimed block in order (D190: see ``_next``)."""
         queue = _Queue([(part, indexes) for part, indexes in work if indexes])
-        if not queue.blocks:
+        if not queue.back:
             return
-        for worker in range(min(WORKERS, len(queue.blocks))):
+        for worker in range(min(WORKERS, queue.back)):
             thread = threading.Thread(target=self._run, args=(queue,), daemon=True,
                                       name=f"zflash-block-check-{worker}")
             self._threads.append(thread)
@@ -172,32 +190,40 @@ class BlockCheck:
         wait for room, until the gate waits. So a block the sender sends before the gate
         is expanded once: by a worker that keeps it, or by the sender (D190)."""
         with self._room:
-            while True:
-                if self._stop.is_set() or self.failure is not None:
+            while not self._stop.is_set() and self.failure is None:
+                if not queue.trim(self._is_claimed):
                     return None
-                blocks = queue.blocks
-                while queue.front < queue.back and \
-                        blocks[queue.front][1] in self._claimed[blocks[queue.front][0].name]:
-                    queue.front += 1
-                while queue.back > queue.front and \
-                        blocks[queue.back - 1][1] in self._claimed[blocks[queue.back - 1][0].name]:
-                    queue.back -= 1
-                if queue.front >= queue.back:
-                    return None
-                part, index = blocks[queue.front]
-                size = self._size_to_keep(part, index)
-                if not size or self._kept_bytes + size <= KEEP_BYTES or self._draining:
-                    queue.front += 1
-                    self._claim(part.name, index)
-                    reserved = size if self._kept_bytes + size <= KEEP_BYTES else 0
-                    self._kept_bytes += reserved
-                    return part, index, reserved
-                part, index = blocks[queue.back - 1]
-                if self._after_gate(part.name, index):
-                    queue.back -= 1
-                    self._claim(part.name, index)
-                    return part, index, 0
+                job = self._from_front(queue) or self._from_back(queue)
+                if job is not None:
+                    return job
                 self._room.wait(0.5)
+            return None
+
+    def _from_front(self, queue: _Queue) -> tuple[PartitionEntry, int, int] | None:
+        """The front block, with room reserved if it is one to keep and there is room;
+        None if it is to be kept and cannot be (unless the gate waits: no more waiting)."""
+        part, index = queue.at(queue.front)
+        size = self._size_to_keep(part, index)
+        room = self._kept_bytes + size <= KEEP_BYTES
+        if size and not room and not self._draining:
+            return None
+        queue.front += 1
+        self._claim(part.name, index)
+        reserved = size if room else 0
+        self._kept_bytes += reserved
+        return part, index, reserved
+
+    def _from_back(self, queue: _Queue) -> tuple[PartitionEntry, int, int] | None:
+        """The farthest block, if the sender sends it only after the gate."""
+        part, index = queue.at(queue.back - 1)
+        if not self._after_gate(part.name, index):
+            return None
+        queue.back -= 1
+        self._claim(part.name, index)
+        return part, index, 0
+
+    def _is_claimed(self, block: tuple[PartitionEntry, int]) -> bool:
+        return block[1] in self._claimed[block[0].name]
 
     def _size_to_keep(self, part: PartitionEntry, index: int) -> int:
         """The room a block takes in the cache: none for a raw one (the sender sends the
