@@ -327,3 +327,28 @@ def test_a_full_cache_does_not_hold_up_the_gate(tmp_path: Path,
         assert check.wait() is None
         assert check.checked["system"] == set(range(24))
     assert sorted(hashed) == [("system", i) for i in range(24)]
+
+
+def test_with_the_cache_full_workers_check_what_is_sent_after_the_gate(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """D190, nobody taking: the workers keep the first two blocks (the cache holds two),
+    then check blocks the sender sends only after the gate, from the farthest, but leave
+    the last cacheful of those, and the rest of the first piece, until there is room."""
+    import zflash.targets.blocks as blocks_module
+    out = compressible_package(tmp_path, 24, 0)
+    monkeypatch.setattr(blocks_module, "KEEP_BYTES", 2 * BLOCK)
+    hashed = count_host_hashes(monkeypatch)
+    with Package(out) as pkg:
+        part = pkg.manifest.partitions[0]
+        check = blocks_module.BlockCheck(pkg)
+        check.keep_expanded()
+        check.start([(part, list(range(24)))])
+        check.sends_before_gate("system", 6)  # the first piece: blocks 0-5
+        deadline = time.monotonic() + 10
+        while len(hashed) < 2 + 16 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.05)  # nothing more comes without room
+        assert sorted(i for _, i in hashed) == [0, 1] + list(range(8, 24))
+        assert check.take("system", 0) is not None and check.take("system", 8) is None
+        assert check.wait() is None
+    assert sorted(hashed) == [("system", i) for i in range(24)]

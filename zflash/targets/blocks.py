@@ -45,6 +45,7 @@ class _Queue:
         self.items = items
         self.starts = list(itertools.accumulate((len(i) for _, i in items), initial=0))
         self.front, self.back = 0, self.starts[-1]
+        self._first_after: int | None = None
 
     def trim(self, claimed: Callable[[tuple[PartitionEntry, int]], bool]) -> bool:
         """Move both ends past claimed blocks; whether any block is left between them."""
@@ -53,6 +54,17 @@ class _Queue:
         while self.back > self.front and claimed(self.at(self.back - 1)):
             self.back -= 1
         return self.front < self.back
+
+    def first_after(self, before_gate: dict[str, int]) -> int:
+        """The position of the first block sent after the gate (blocks are queued in the
+        order they are sent); computed once."""
+        if self._first_after is None:
+            self._first_after = 0
+            for item, (part, indexes) in enumerate(self.items):
+                if part.name in before_gate:
+                    self._first_after = self.starts[item] + bisect.bisect_left(
+                        indexes, before_gate[part.name])
+        return self._first_after
 
     def at(self, position: int) -> tuple[PartitionEntry, int]:
         """(partition, block index) at a position."""
@@ -185,10 +197,11 @@ class BlockCheck:
         keep it), or None when none is left (or the check stopped).
 
         The front block, unless it is one to keep and the cache is full: then the
-        farthest block, if the sender sends it only after the gate (it is checked now,
-        for the gate, and expanded again when sent unless there is room to keep it); else
-        wait for room, until the gate waits. So a block the sender sends before the gate
-        is expanded once: by a worker that keeps it, or by the sender (D190)."""
+        farthest block, if the sender sends it only after the gate and more than a
+        cacheful of those are left (it is checked now, for the gate, and expanded again
+        when sent); else wait for room, until the gate waits. So a block the sender sends
+        before the gate is expanded once, by a worker that keeps it or by the sender, and
+        a later one at most twice (D190)."""
         with self._room:
             while not self._stop.is_set() and self.failure is None:
                 if not queue.trim(self._is_claimed):
@@ -214,9 +227,15 @@ class BlockCheck:
         return part, index, reserved
 
     def _from_back(self, queue: _Queue) -> tuple[PartitionEntry, int, int] | None:
-        """The farthest block, if the sender sends it only after the gate."""
+        """The farthest block, if the sender sends it only after the gate, and more of
+        those are left than the cache holds: the last cacheful is left to the front,
+        whose workers keep it while the sender finishes the first piece."""
         part, index = queue.at(queue.back - 1)
         if not self._after_gate(part.name, index):
+            return None
+        assert self._before_gate is not None
+        left = queue.back - max(queue.front, queue.first_after(self._before_gate))
+        if left * part.block_size <= KEEP_BYTES:
             return None
         queue.back -= 1
         self._claim(part.name, index)
