@@ -171,24 +171,25 @@ class Bench:
         profile = write_profile(self.work / f"profile-fb-{size}.json", "system", size)
         state = self.work / f"fb-{kind}-{size}"
         shutil.rmtree(state, ignore_errors=True)
-        ours, theirs, hosts = [], [], []
+        ours, theirs, our_rss, stock_rss = [], [], [], []
         with emulator(state, profile, tcp=False, fastboot=True) as device:
             url = device.url("fastboot+tcp://")
             serial = "tcp:" + url.split("://", 1)[1].rstrip("/")
             for _ in range(rounds):
                 seconds, rss, _ = self.flash(package, url, "--no-reboot")
                 ours.append(seconds)
-                hosts.append(rss)
+                our_rss.append(rss)
                 run = timed([stock, "-s", serial, "flash", "system", str(stock_image)])
                 theirs.append(run.seconds)
-                hosts.append(run.rss_mib)
+                stock_rss.append(run.rss_mib)
                 self.log(f"{job}: zflash {ours[-1]:.2f} s, stock {theirs[-1]:.2f} s")
             device_rss = device.peak_rss_mib
         shutil.rmtree(state, ignore_errors=True)
         ratio = median(ours) / median(theirs)
         return Row(job, f"{median(ours):.2f} s", f"{median(theirs):.2f} s stock",
                    f"{ratio:.2f}x stock", "<= 1.2x stock", _met(ratio <= 1.2),
-                   _mib(max(hosts)), _mib(device_rss) + " (whole job)")
+                   f"{_mib(max(our_rss))} (stock {_mib(max(stock_rss))})",
+                   _mib(device_rss) + " (whole job)")
 
     def startup(self, rounds: int) -> list[Row]:
         commands = {"`zflash --help`": [*self.zflash, "--help"],
