@@ -8,7 +8,9 @@ import hashlib
 import os
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -21,7 +23,7 @@ from zflash.package import keys as keymod
 from zflash.package.reader import Package
 from zflash.package.sparse import ChunkType
 from zflash.package.writer import PackageInfo, PartitionSource, build_package
-from zflash.targets.blocks import PartitionBlocks
+from zflash.targets.blocks import BlockCheck, PartitionBlocks
 from zflash.targets.fastboot.stream import PieceStream, plan_pieces
 
 INFO = PackageInfo(product="zx-demo", hardware_revisions=("A01",), baseband_ids=("ZXB-100",),
@@ -309,19 +311,27 @@ def test_first_piece_blocks_are_expanded_once_beside_a_slow_sender(
     assert sorted(hashed) == [("system", i) for i in range(40)]
 
 
+@contextmanager
+def _check_with_a_two_block_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                  ) -> Iterator[BlockCheck]:
+    """A BlockCheck keeping expanded blocks, started on all 24 blocks of a compressible
+    package, with room for two expanded blocks: the workers soon wait for room."""
+    import zflash.targets.blocks as blocks_module
+    out = compressible_package(tmp_path, 24, 0)
+    monkeypatch.setattr(blocks_module, "KEEP_BYTES", 2 * BLOCK)
+    with Package(out) as pkg:
+        check = blocks_module.BlockCheck(pkg)
+        check.keep_expanded()
+        check.start([(pkg.manifest.partitions[0], list(range(24)))])
+        yield check
+
+
 def test_a_full_cache_does_not_hold_up_the_gate(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers waiting for room in the cache (nobody takes, nobody said where the gate
     is) still check every block once the gate waits: no deadlock, each block hashed once."""
-    import zflash.targets.blocks as blocks_module
-    out = compressible_package(tmp_path, 24, 0)
-    monkeypatch.setattr(blocks_module, "KEEP_BYTES", 2 * BLOCK)
     hashed = count_host_hashes(monkeypatch)
-    with Package(out) as pkg:
-        part = pkg.manifest.partitions[0]
-        check = blocks_module.BlockCheck(pkg)
-        check.keep_expanded()
-        check.start([(part, list(range(24)))])
+    with _check_with_a_two_block_cache(tmp_path, monkeypatch) as check:
         time.sleep(0.05)  # the cache fills; the workers wait for room
         assert len(hashed) < 24
         assert check.wait() is None
@@ -334,15 +344,8 @@ def test_with_the_cache_full_workers_check_what_is_sent_after_the_gate(
     """D190, nobody taking: the workers keep the first two blocks (the cache holds two),
     then check blocks the sender sends only after the gate, from the farthest, but leave
     the last cacheful of those, and the rest of the first piece, until there is room."""
-    import zflash.targets.blocks as blocks_module
-    out = compressible_package(tmp_path, 24, 0)
-    monkeypatch.setattr(blocks_module, "KEEP_BYTES", 2 * BLOCK)
     hashed = count_host_hashes(monkeypatch)
-    with Package(out) as pkg:
-        part = pkg.manifest.partitions[0]
-        check = blocks_module.BlockCheck(pkg)
-        check.keep_expanded()
-        check.start([(part, list(range(24)))])
+    with _check_with_a_two_block_cache(tmp_path, monkeypatch) as check:
         check.sends_before_gate("system", 6)  # the first piece: blocks 0-5
         deadline = time.monotonic() + 10
         while len(hashed) < 2 + 16 and time.monotonic() < deadline:
