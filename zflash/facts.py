@@ -50,6 +50,9 @@ class DeviceFacts:
     slots: tuple[SlotInfo, ...] = ()
     current_slot: str | None = None
     rollback_indexes: dict[int, int] = field(default_factory=dict)
+    #: optional protocol abilities the device offers (ZDL: "begin_by_digest"); a receiver
+    #: ignores names it does not know, and an older device simply sends none
+    features: tuple[str, ...] = ()
 
     def partition(self, name: str) -> PartitionInfo | None:
         return next((p for p in self.partitions if p.name == name), None)
@@ -70,6 +73,10 @@ class DeviceFacts:
                 if slot[key] is None:
                     del slot[key]
         data["rollback_indexes"] = {str(k): v for k, v in self.rollback_indexes.items()}
+        if self.features:
+            data["features"] = list(self.features)
+        else:  # absent when none: the form of devices that predate the field
+            del data["features"]
         return data
 
     @classmethod
@@ -99,7 +106,8 @@ class DeviceFacts:
                        flash_size=_int(data["flash_size"]), cache_size=_int(data["cache_size"]),
                        cache_free=_int(data["cache_free"]), partitions=parts, slots=slots,
                        current_slot=None if current is None else _str(current),
-                       rollback_indexes=rollback)
+                       rollback_indexes=rollback,
+                       features=_features(data.get("features", [])))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ZflashError(Code.PROTOCOL, f"device sent malformed facts: {exc}") from None
 
@@ -123,6 +131,14 @@ def _digest(value: Any) -> str:
             any(c not in "0123456789abcdef" for c in value):
         raise ValueError(f"package digest {str(value)[:70]!r} is not 64 hex digits")
     return value
+
+
+def _features(value: Any) -> tuple[str, ...]:
+    """Feature names: at most 64 short strings (unknown ones are kept, and ignored)."""
+    items = _list(value)
+    if len(items) > 64:
+        raise ValueError("more than 64 features")
+    return tuple(_str(item) for item in items)
 
 
 def _int(value: Any) -> int:

@@ -28,7 +28,8 @@ from zflash.package import blockmap
 from zflash.emulator.blocks import (BlockHashCache, DigestRecords, copy_data, has_no_data,
                                     is_zero,
                                     is_zero_bytes)
-from zflash.emulator.storage import SLOTS, Storage, atomic_write, read_json, write_json
+from zflash.emulator.storage import (SLOTS, Storage, read_head, read_json, write_head,
+                                     write_json)
 
 PROTOCOL_VERSION = 1
 SET_ACTIVE_TRIES = 6
@@ -107,7 +108,7 @@ class UpdateSession:
                 with open(part.path, "wb") as handle:
                     handle.truncate(self.storage.spec(part.entry.name).size)
             part.fd = os.open(part.path, os.O_RDWR)
-        atomic_write(self.dir / "head.bin", self.head_bytes)
+        write_head(self.dir / "head.bin", self.head_bytes)
         self.started = True
         self.sync()
 
@@ -279,6 +280,32 @@ class EmulatedDevice:
             self.session = session
         return {"session": self.session.digest, "slot": target,
                 "partitions": self.session.have_ranges()}
+
+    def begin_update_by_digest(self, digest: str) -> dict[str, Any] | None:
+        """BEGIN_UPDATE naming the package by its digest: the same checks, from a head the
+        device holds; None when it holds none with that digest (the host sends the head)."""
+        head = self._held_head(digest)
+        return None if head is None else self.begin_update(head)
+
+    def _held_head(self, digest: str) -> bytes | None:
+        """The bytes of a head with this package digest the device still holds: the open
+        update's, the one decoded last, a staged update's, or a slot build's; each stored one
+        is used only if its bytes are as stored and decode to that very digest."""
+        session, last = self.session, self._last_head
+        if session is not None and session.digest == digest:
+            return session.head_bytes
+        if last is not None and last.digest == digest:
+            return last.raw
+        for path in (self.storage.staging_dir(digest) / "head.bin",
+                     self.storage.head_path(digest)):
+            head = read_head(path)
+            if head is not None:
+                try:
+                    if self._decode_head(head).digest == digest:
+                        return head
+                except ZflashError:
+                    pass
+        return None
 
     def _decode_head(self, head_bytes: bytes) -> PackageHead:
         """Decode and structurally check a head. The same bytes always decode to the same
@@ -560,6 +587,8 @@ class EmulatedDevice:
             manifest = session.head.manifest
             if not session.unchanged:  # unchanged: every slotted partition is carried
                 self._complete_slot(session)
+            # kept before the meta names it, so a named build's head is never missing
+            self.storage.store_head(session.digest, session.head_bytes)
             self.meta["pending_rollback"][slot] = {str(manifest.rollback_location):
                                                    manifest.rollback_index}
             self.meta.setdefault("builds", {})[slot] = {"version": manifest.version,
@@ -581,6 +610,8 @@ class EmulatedDevice:
             session.close()
             self.session = None
             self.storage.clear_staging()
+            self.storage.prune_heads({build.get("package") for build in
+                                      self.meta.get("builds", {}).values()})
 
     def _complete_slot(self, session: UpdateSession) -> None:
         """Copy every slotted partition the package does not carry from the running slot

@@ -7,6 +7,7 @@ Layout::
     STATE/partitions/NAME.img         unslotted partitions
     STATE/meta.json                   slot state, stored rollback indexes, committed hashes
     STATE/staging/DIGEST/             an update in progress (journal, head, staged images)
+    STATE/heads/DIGEST.bin            the head of the build a slot holds (meta "builds")
 
 Metadata is only ever replaced whole (temp file, fsync, rename, fsync of the directory), so a
 crash leaves either the old or the new version. Partition data is written in place only into
@@ -16,6 +17,7 @@ only after its data was fsynced, so a crash costs at most the blocks since the l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -43,6 +45,24 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_head(path: Path, head: bytes) -> None:
+    """A package head as the device keeps it: the bytes, then their SHA-256, so a head that
+    rotted on flash is told from one that no longer verifies (read_head)."""
+    atomic_write(path, head + hashlib.sha256(head).digest())
+
+
+def read_head(path: Path) -> bytes | None:
+    """The head ``write_head`` stored, or None when it is missing or its bytes changed."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    head, check = data[:-32], data[-32:]
+    if len(data) <= 32 or hashlib.sha256(head).digest() != check:
+        return None
+    return head
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -198,6 +218,25 @@ class Storage:
 
     def staging_dir(self, digest: str) -> Path:
         return self.root / "staging" / digest
+
+    def head_path(self, digest: str) -> Path:
+        return self.root / "heads" / f"{digest}.bin"
+
+    def store_head(self, digest: str, head: bytes) -> None:
+        """Keep the head of a build a slot is about to hold (before the meta names it)."""
+        path = self.head_path(digest)
+        if read_head(path) == head:
+            return  # a re-flash of the build the other slot holds: already kept
+        path.parent.mkdir(exist_ok=True)
+        write_head(path, head)
+
+    def prune_heads(self, keep: set[str]) -> None:
+        """Drop the heads of builds no slot holds any more: at most a few stay."""
+        folder = self.root / "heads"
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if path.stem not in keep or path.suffix != ".bin":
+                    path.unlink(missing_ok=True)
 
     def staging_used(self) -> int:
         total = 0

@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from zflash.emulator.device import DeviceRefusal, EmulatedDevice, PowerLoss
 from zflash.emulator.link import DeviceConnection, HostDisconnected
 from zflash.errors import Code, ZflashError
 from zflash.package.format import KIND_RAW, KIND_ZLIB, KIND_ZSTD
+from zflash.protocol.zdl.constants import FEATURE_BEGIN_BY_DIGEST
 from zflash.protocol.zdl import (CODEC_NONE, CODEC_ZLIB, CODEC_ZSTD, BeginUpdate, BlockHashes, CommitPartition, Data,
                                  DeviceEngine, Done, Erase, Error, Facts, Hashes, Identify,
                                  KeepBlocks, Kept, Ok, Read, Reboot, SetActive, SwitchBaud,
@@ -42,6 +43,8 @@ class ServerOptions:
     bauds: tuple[int, ...] = ()
     #: block codecs the device offers; None = every one this process can decode
     codecs: tuple[str, ...] | None = None
+    #: offer BEGIN_UPDATE by digest in FACTS (False: a device that predates it)
+    begin_by_digest: bool = True
 
 
 class ZdlServer:
@@ -128,10 +131,20 @@ class ZdlServer:
     def _answer(self, engine: DeviceEngine, request: object) -> list[bytes]:
         device = self.device
         if isinstance(request, Identify):
-            return engine.respond(Facts(device.facts()))
+            facts = device.facts()
+            if self.options.begin_by_digest:
+                facts = replace(facts, features=(*facts.features, FEATURE_BEGIN_BY_DIGEST))
+            return engine.respond(Facts(facts))
         if isinstance(request, BeginUpdate):
+            by_digest = request.digest if self.options.begin_by_digest else None
             try:
-                ready = device.begin_update(bytes(request.head))
+                if by_digest is None:
+                    ready = device.begin_update(bytes(request.head))
+                elif (held := device.begin_update_by_digest(by_digest.hex())) is None:
+                    # no head with that digest here: nothing opened, the host sends it whole
+                    return engine.respond(UpdateReady(by_digest.hex(), None, need_head=True))
+                else:
+                    ready = held
             except DeviceRefusal as refusal:
                 self._log(f"refused update: {refusal.detail}")
                 return engine.respond(Error(refusal.code, refusal.detail[:1024]))

@@ -24,6 +24,10 @@ HEADROOM = 16                            # payload may exceed max_data by this (
 MAX_WINDOW = 64
 DEFAULT_WINDOW = 32
 MAX_MESSAGE = 80 << 20                   # largest reassembled chunked message
+#: a BEGIN_UPDATE of exactly this many bytes carries a package digest, not a head
+HEAD_DIGEST_SIZE = 32
+#: the FACTS feature of a device that takes BEGIN_UPDATE by digest
+FEATURE_BEGIN_BY_DIGEST = "begin_by_digest"
 MAX_TOKEN = 64                           # PING / PONG payload
 MAX_SEQ = 0xFFFFFFFF
 MAX_HASH_COUNT = 65536

@@ -21,6 +21,7 @@ from zflash.protocol.zdl.constants import (
     DEFAULT_WINDOW,
     MAX_HASH_COUNT,
     MAX_MAX_DATA,
+    HEAD_DIGEST_SIZE,
     MAX_MESSAGE,
     MAX_TOKEN,
     MAX_WINDOW,
@@ -189,13 +190,20 @@ class Identify(JsonMessage):
 
 @dataclass(frozen=True)
 class BeginUpdate(Message):
-    """The package head (zpk header, manifest, signatures, block tables), opaque here."""
+    """The package head (zpk header, manifest, signatures, block tables), opaque here; or,
+    to a device whose FACTS offer ``begin_by_digest``, only the head's 32-byte package
+    digest (a head is never 32 bytes: its fixed header alone is 64)."""
 
     TYPE = MsgType.BEGIN_UPDATE
     head: Buffer
 
     def parts(self) -> tuple[Buffer, ...]:
         return (self.head,)
+
+    @property
+    def digest(self) -> bytes | None:
+        """The package digest when this is the by-digest form, else None."""
+        return bytes(self.head) if len(self.head) == HEAD_DIGEST_SIZE else None
 
     @classmethod
     def decode(cls, payload: memoryview) -> BeginUpdate:
@@ -441,11 +449,18 @@ class UpdateReady(JsonMessage):
     session: str
     slot: str | None
     have: dict[int, Ranges] = field(default_factory=dict)
+    #: the answer to a BEGIN_UPDATE by digest whose head the device does not hold: nothing
+    #: was opened, the host sends the full head (never sent otherwise, so older hosts,
+    #: which only ever send the full head, never meet it)
+    need_head: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"session": self.session, "slot": self.slot,
-                "partitions": [{"index": i, "have": ranges_json(r)}
-                               for i, r in sorted(self.have.items())]}
+        obj: dict[str, Any] = {"session": self.session, "slot": self.slot,
+                               "partitions": [{"index": i, "have": ranges_json(r)}
+                                              for i, r in sorted(self.have.items())]}
+        if self.need_head:
+            obj["need_head"] = True
+        return obj
 
     @classmethod
     def from_reader(cls, r: Reader) -> UpdateReady:
@@ -458,7 +473,8 @@ class UpdateReady(JsonMessage):
             if index in have:
                 raise r.fail("partitions", "repeats an index")
             have[index] = sub.ranges("have")
-        return cls(r.hex("session", 1, 128), r.slot(), have)
+        need_head = r.bool("need_head") if "need_head" in r.obj else False
+        return cls(r.hex("session", 1, 128), r.slot(), have, need_head)
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,9 @@ class SessionOptions:
     #: the block stream deadline's base (seconds); None: ``STREAM_FLOOR`` or the answer
     #: base, whichever is longer
     stream_limit: float | None = None
+    #: name the package by its digest in BEGIN_UPDATE when the device offers it (False:
+    #: always send the whole head, as hosts that predate the feature do)
+    begin_by_digest: bool = True
 
     def __post_init__(self) -> None:
         if self.baud is not None:

@@ -17,6 +17,7 @@ from zflash.package.reader import Package, wire_form
 from zflash.protocol.zdl import (CODEC_NONE, CODEC_ZLIB, CODEC_ZSTD, BeginUpdate, BlockHashes,
                                  CommitPartition, Erase, Hashes, KeepBlocks, Kept, Ok, Reboot,
                                  SetActive, UpdateReady)
+from zflash.protocol.zdl.constants import FEATURE_BEGIN_BY_DIGEST
 from zflash.targets.base import (BootReport, Capabilities, Emit, Identity, Progress, Target,
                                  UpdateStart, Verification, Written)
 from zflash.targets.blocks import PartitionBlocks
@@ -86,9 +87,19 @@ class ZdlTarget(Target):
     def begin(self, package: Package, identity: Identity) -> UpdateStart:
         # the device checks the head and re-verifies what an interrupted attempt staged
         staged = sum(part.size for part in package.manifest.partitions)
-        ready = self.session.request(BeginUpdate(package.head.head_bytes()), UpdateReady,
-                                     work=staged)
+        ready = None
+        if self.session.options.begin_by_digest and \
+                FEATURE_BEGIN_BY_DIGEST in identity.facts.features:
+            # a device that still holds this head (a re-flash, a resume) checks it as if
+            # sent; one that does not says so, and gets it whole: a miss is no failure
+            ready = self.session.request(BeginUpdate(bytes.fromhex(package.head.digest)),
+                                         UpdateReady, work=staged)
+        if ready is None or ready.need_head:  # type: ignore[attr-defined]
+            ready = self.session.request(BeginUpdate(package.head.head_bytes()), UpdateReady,
+                                         work=staged)
         assert isinstance(ready, UpdateReady)
+        if ready.need_head:
+            raise ZflashError(Code.PROTOCOL, "the device asked for the head it was just sent")
         return UpdateStart(ready.slot, ready.session, dict(ready.have))
 
     def write_partition(self, blocks: PartitionBlocks, index: int, slot: str | None,
