@@ -21,7 +21,7 @@ from zflash.errors import Code, ZflashError
 from zflash.facts import DeviceFacts
 from zflash.flash import FlashOptions, FlashSummary, flash
 from zflash.package.reader import Package
-from zflash.protocol.zdl import BeginUpdate, UpdateReady
+from zflash.protocol.zdl import BeginUpdate, Facts, UpdateReady
 from zflash.protocol.zdl.messages import decode_message
 from zflash.protocol.zdl.constants import FEATURE_BEGIN_BY_DIGEST, MsgType
 from zflash.targets.zdl import target as target_module
@@ -295,7 +295,10 @@ def test_facts_carry_the_feature_only_when_offered() -> None:
     offered = DeviceFacts.from_dict({**plain,
                                      "features": [FEATURE_BEGIN_BY_DIGEST, "future-thing"]})
     assert offered.features == (FEATURE_BEGIN_BY_DIGEST, "future-thing")
-    assert DeviceFacts.from_dict(json.loads(json.dumps(offered.to_dict()))) == offered
+    assert "features" not in offered.to_dict()  # not shown by `info`: no fact, an ability
+    wire = Facts(offered).payload()
+    assert decode_message(MsgType.FACTS, memoryview(wire)) == Facts(offered)
+    assert b"features" not in Facts(DeviceFacts.from_dict(plain)).payload()
     with pytest.raises(ZflashError):
         DeviceFacts.from_dict({**plain, "features": "begin_by_digest"})
 

@@ -73,10 +73,9 @@ class DeviceFacts:
                 if slot[key] is None:
                     del slot[key]
         data["rollback_indexes"] = {str(k): v for k, v in self.rollback_indexes.items()}
-        if self.features:
-            data["features"] = list(self.features)
-        else:  # absent when none: the form of devices that predate the field
-            del data["features"]
+        # a protocol's business (ZDL puts it in FACTS), not a fact shown to the user: `info`
+        # and the device event read alike over every protocol
+        del data["features"]
         return data
 
     @classmethod

@@ -431,7 +431,10 @@ class Facts(Message):
     facts: DeviceFacts
 
     def parts(self) -> tuple[Buffer, ...]:
-        return (dumps(self.facts.to_dict()),)
+        obj = self.facts.to_dict()
+        if self.facts.features:  # absent when none: the form of devices that predate it
+            obj["features"] = list(self.facts.features)
+        return (dumps(obj),)
 
     @classmethod
     def decode(cls, payload: memoryview) -> Facts:
