@@ -310,3 +310,23 @@ def test_need_head_and_the_digest_form_on_the_wire() -> None:
     assert b"need_head" not in ready.payload()  # unchanged for every other answer
     assert BeginUpdate(bytes(32)).digest == bytes(32)
     assert BeginUpdate(b"ZPKG\r\n\x1a\n" + bytes(56)).digest is None
+
+
+def test_a_device_that_asks_for_the_head_it_was_sent_is_a_protocol_error(
+        package: Path, tmp_path: Path, heads_sent: list[int],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One fallback, never a loop: need_head is only an answer to the digest form."""
+    from zflash.emulator import zdl_server
+
+    real = zdl_server.ZdlServer._answer
+
+    def always_missing(self, engine, request):  # type: ignore[no-untyped-def]
+        if isinstance(request, BeginUpdate):
+            return engine.respond(UpdateReady("ab" * 32, None, need_head=True))
+        return real(self, engine, request)
+
+    monkeypatch.setattr(zdl_server.ZdlServer, "_answer", always_missing)
+    with runner(tmp_path / "dev") as device:
+        with pytest.raises(ZflashError) as refused:
+            run(device.start_tcp(0), package)
+    assert refused.value.code == Code.PROTOCOL and heads_sent == [DIGEST, head_size(package)]
