@@ -97,7 +97,13 @@ class Run:
 
 
 def timed(argv: list[str], check: bool = True) -> Run:
-    """Run a process: wall time from spawn to exit, and its own peak RSS (os.wait4)."""
+    """Run a process: wall time from spawn to exit, and its own peak RSS (os.wait4).
+
+    Dirty pages are flushed first (os.sync, outside the clock): the emulator writes
+    hundreds of MiB per flash, and the kernel's writeback of an earlier run's data would
+    otherwise land in whichever contender runs next (it made the same flash take 0.4 s in
+    one round and 1.0 s in the next)."""
+    os.sync()
     started = time.perf_counter()
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out = child.stdout.read()  # type: ignore[union-attr]

@@ -312,6 +312,8 @@ def main() -> None:
     jobs = set(args.jobs.split(","))
     started = time.perf_counter()
     rows: list[Row] = []
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack, \
             tempfile.TemporaryDirectory(prefix="zflash-bench-", dir=args.workdir) as tmp:
         stack.enter_context(compiled_bytecode())
