@@ -4,7 +4,7 @@ Two layers:
 
 * :class:`FastbootSession` is transport-agnostic: feed it host packets (``receive``), send
   back the packets it yields. It answers the variables a real bootloader reports, stages a
-  download in a bounded temp file, flashes raw and sparse images (split pieces included),
+  download in the device's :class:`DownloadBuffer` (a bounded temp file), flashes raw and sparse images (split pieces included),
   erases, switches slots and reboots through the device's boot simulation. The same object
   can sit behind an emulated USB backend: one packet per bulk transfer.
 * :func:`serve_fastboot_tcp` (and :class:`FastbootTcpServer`, its threaded wrapper) exposes a
@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import logging
 import socket
-import tempfile
 import threading
+from contextlib import closing
 from dataclasses import dataclass, field
 from types import GeneratorType
-from typing import Any, BinaryIO, Callable, Generator, Iterator
+from typing import Any, Callable, Generator, Iterator
 
 from zflash.emulator.device import EmulatedDevice
+from zflash.emulator.download_buffer import DownloadBuffer
 from zflash.emulator.link import DeviceConnection, HostDisconnected
 from zflash.emulator.storage import SLOTS
 from zflash.errors import Code, ZflashError
@@ -73,15 +74,21 @@ class FastbootOptions:
 
 
 class FastbootSession:
-    """One host connection's fastboot conversation with an :class:`EmulatedDevice`."""
+    """One host connection's fastboot conversation with an :class:`EmulatedDevice`.
 
-    def __init__(self, device: EmulatedDevice, options: FastbootOptions | None = None) -> None:
+    ``buffer``: the device's download buffer, shared by its connections one after another
+    (the serve loops pass one); without it the session keeps its own and closes it at the
+    end. Either way a new session has nothing staged."""
+
+    def __init__(self, device: EmulatedDevice, options: FastbootOptions | None = None,
+                 buffer: DownloadBuffer | None = None) -> None:
         self.device = device
         self.options = options or FastbootOptions()
         self.engine = DeviceEngine()
         self.closed = False  # the device "rebooted": the transport should drop the link
-        self._staged: BinaryIO | None = None
-        self._staged_size = 0
+        self._own_buffer = buffer is None
+        self._buffer = DownloadBuffer(device.storage.root) if buffer is None else buffer
+        self._staged_size = 0  # of the download this session completed (0: none)
         self._dirty: set[tuple[str, str | None]] = set()
         self._after: list[Callable[[], None]] = []  # run after the OKAY went out
         self._handlers: dict[str, Handler] = {
@@ -116,13 +123,13 @@ class FastbootSession:
                 yield from self._dispatch(event)
 
     def close(self) -> None:
-        """End of the connection: record what was written, drop the staged download."""
+        """End of the connection: record what was written, forget the staged download."""
         try:
             self._commit_written()
         finally:
-            if self._staged is not None:
-                self._staged.close()
-                self._staged = None
+            self._staged_size = 0
+            if self._own_buffer:
+                self._buffer.close()
 
     def _dispatch(self, command: Command) -> Iterator[bytes]:
         verb, arg = command.split()
@@ -235,51 +242,41 @@ class FastbootSession:
         if not 0 < size <= self.max_download_size:
             raise ZflashError(Code.STORAGE, f"data too large: {size} bytes, max-download-size "
                                             f"is {self.max_download_size}")
-        staged = self._staging_file()
-        staged.seek(0)
-        staged.truncate(0)
-        self._staged_size = 0
+        self._staged_size = 0  # until this download is complete
+        self._buffer.begin()
         yield self.engine.start_download(size)
         return _DEFERRED
 
     def _write_staged(self, data: memoryview) -> None:
-        assert self._staged is not None
-        self._staged.write(data)
+        self._buffer.write(data)
 
     def _download_done(self) -> Iterator[bytes]:
-        assert self._staged is not None
-        self._staged.flush()
-        self._staged_size = self._staged.tell()
+        self._staged_size = self._buffer.end()
         yield self.engine.okay()
 
     def _upload(self, arg: str) -> Generator[bytes, None, str | None]:
-        if self._staged is None or not self._staged_size:
+        if not self._staged_size:
             raise ZflashError(Code.DEVICE_REFUSED, "nothing staged to upload")
         yield self.engine.start_upload(self._staged_size)
-        self._staged.seek(0)
+        staged = self._buffer.reader()
         left = self._staged_size
         while left:
-            data = self._staged.read(min(UPLOAD_PIECE, left))
+            data = staged.read(min(UPLOAD_PIECE, left))
             left -= len(data)
             yield self.engine.upload_data(data)
         return ""
-
-    def _staging_file(self) -> BinaryIO:
-        if self._staged is None:
-            self._staged = tempfile.TemporaryFile(dir=self.device.storage.root)
-        return self._staged
 
     # --------------------------------------------------------------- partitions
     def _flash(self, arg: str) -> str:
         self._require_unlocked()
         spec, slot = self._resolve(arg, need_slot=True)
-        if self._staged is None or not self._staged_size:
+        if not self._staged_size:
             raise ZflashError(Code.DEVICE_REFUSED, "no image downloaded")
-        self._staged.seek(0)
-        sparse = is_sparse(self._staged.read(4))
-        self._staged.seek(0)
+        staged = self._buffer.reader()
+        sparse = is_sparse(staged.read(4))
+        staged.seek(0)
         self._dirty.add((spec.name, slot))
-        self.device.write_image(spec.name, slot, self._staged, self._staged_size, sparse)
+        self.device.write_image(spec.name, slot, staged, self._staged_size, sparse)
         return ""
 
     def _erase(self, arg: str) -> str:
@@ -374,12 +371,15 @@ def serve_fastboot_tcp(device: EmulatedDevice, port: int = DEFAULT_TCP_PORT,
     """Serve fastboot over TCP on ``host:port`` until ``stop_event`` is set (blocking).
 
     One host at a time, as a real device; each connection gets a fresh
-    :class:`FastbootSession` with the same ``options`` (so ``flashing lock`` sticks).
-    ``port=0`` picks a free port; ``on_listening(port)`` is called once it listens.
+    :class:`FastbootSession` with the same ``options`` (so ``flashing lock`` sticks) and the
+    same download buffer. ``port=0`` picks a free port; ``on_listening(port)`` is called
+    once it listens.
     """
     stop = stop_event or threading.Event()
     options = options or FastbootOptions()
-    with socket.create_server((host, port), reuse_port=False) as listener:
+    buffer = DownloadBuffer(device.storage.root)
+    with socket.create_server((host, port), reuse_port=False) as listener, \
+            closing(buffer):
         listener.settimeout(POLL)
         if on_listening is not None:
             on_listening(listener.getsockname()[1])
@@ -393,7 +393,7 @@ def serve_fastboot_tcp(device: EmulatedDevice, port: int = DEFAULT_TCP_PORT,
                     _serve_connection(conn, BusySession(device.busy_reason()), stop)
                     continue
                 try:
-                    _serve_connection(conn, FastbootSession(device, options), stop)
+                    _serve_connection(conn, FastbootSession(device, options, buffer), stop)
                 finally:
                     device.leave()
 
@@ -481,13 +481,15 @@ def serve_fastboot_usb(device: EmulatedDevice, link: DeviceConnection,
     """
     stop = stop_event or threading.Event()
     options = options or FastbootOptions()
-    with device.lock:  # one host session at a time, ZDL or fastboot
-        _serve_usb_session(device, link, options, stop)
+    with device.lock, closing(DownloadBuffer(device.storage.root)) as buffer:
+        # one host session at a time, ZDL or fastboot
+        _serve_usb_session(device, link, options, stop, buffer)
 
 
 def _serve_usb_session(device: EmulatedDevice, link: DeviceConnection,
-                       options: FastbootOptions, stop: threading.Event) -> None:
-    session = FastbootSession(device, options)
+                       options: FastbootOptions, stop: threading.Event,
+                       buffer: DownloadBuffer) -> None:
+    session = FastbootSession(device, options, buffer)
     try:
         while not stop.is_set() and not session.closed:
             try:
@@ -506,7 +508,7 @@ def _serve_usb_session(device: EmulatedDevice, link: DeviceConnection,
             except ZflashError as exc:
                 log.warning("fastboot over USB: %s; starting a fresh session", exc)
                 session.close()
-                session = FastbootSession(device, options)
+                session = FastbootSession(device, options, buffer)
     finally:
         try:
             session.close()
