@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Iterable
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from zflash.errors import Code, ZflashError
-from zflash.lazy import lazy_getattr
+from zflash import lazy_getattr
 from zflash.package.names import (ALG_IDS, ALGORITHMS, MAX_RSA_BITS, MIN_RSA_BITS,  # noqa: F401
                                   default_trust_dir)
 

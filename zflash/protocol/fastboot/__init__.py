@@ -8,7 +8,7 @@ USB, TCP or an in-memory pipe in tests. Timeouts belong to the I/O driver.
 
 from typing import TYPE_CHECKING
 
-from zflash.lazy import lazy_getattr
+from zflash import lazy_getattr
 from zflash.protocol.fastboot.constants import (
     DEFAULT_TCP_PORT,
     MAX_COMMAND,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
 
-from zflash.lazy import lazy_getattr
+from zflash import lazy_getattr
 
 if TYPE_CHECKING:
     from zflash.protocol.fastboot.device_events import (Command, DeviceEvent, DownloadData,

@@ -58,7 +58,7 @@ expires: True means switch back), the requests ``Identify``, ``BeginUpdate``, ``
 
 from typing import TYPE_CHECKING
 
-from zflash.lazy import lazy_getattr
+from zflash import lazy_getattr
 from zflash.protocol.zdl.codecs import compress, decode_block, local_codecs
 from zflash.protocol.zdl.constants import (
     CODEC_NONE, CODEC_ZLIB, CODEC_ZSTD, DEFAULT_MAX_DATA, DEFAULT_WINDOW, MAX_MAX_DATA,
