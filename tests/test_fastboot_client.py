@@ -206,6 +206,42 @@ def test_cli_flash_getvar_and_errors(served: tuple[EmulatedDevice, FastbootTcpSe
     flashed = run("flashall", str(out), "--skip-reboot", "--json")
     assert flashed.returncode == 0, flashed.stderr
     assert '"slot": "b"' in flashed.stdout  # still running a (no reboot since set-active)
+
+def test_the_fastboot_cli_imports_the_host_side_only(served: tuple[EmulatedDevice,
+                                                                   FastbootTcpServer],
+                                                     tmp_path: Path) -> None:
+    """`zflash fastboot` pays for what a host uses (D205): not the device engine or its
+    events, not the idna codec for an ASCII host; getvar reads no image, so no sparse code;
+    a flash within the download limit spools nothing, so no tempfile. A split flash does
+    spool, and must then still find tempfile."""
+    device, server = served
+    probe = ("import sys\nfrom zflash.cli import main\ntry:\n    main(sys.argv[1:])\n"
+             "except SystemExit as exc:\n    code = exc.code\n"
+             "print('\\n'.join(sorted(sys.modules)), file=sys.stderr)\nsys.exit(code)\n")
+
+    def loaded(*args: str) -> set[str]:
+        result = subprocess.run([sys.executable, "-c", probe, "fastboot", "-s", server.url,
+                                 *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return set(result.stderr.split())
+
+    def absent(names: set[str], *banned: str) -> None:
+        for name in banned:
+            assert not any(m == name or m.startswith(name + ".") for m in names), name
+
+    host_only = ("zflash.protocol.fastboot.device", "zflash.protocol.fastboot.device_events",
+                 "zflash.emulator", "encodings.idna", "stringprep")
+    got = loaded("getvar", "product")
+    assert "zflash.protocol.fastboot.host" in got  # it did talk to the device
+    absent(got, *host_only, "zflash.package.sparse", "tempfile")
+    image = make_image(tmp_path / "boot.img", 100_000)
+    got = loaded("flash", "boot_a", str(image))
+    assert "zflash.package.sparse" in got
+    absent(got, *host_only, "tempfile")
+    split = make_image(tmp_path / "system.img", 3 << 20, seed=3, noise=6)  # over 1 MiB
+    assert "tempfile" in loaded("flash", "system_a", str(split))
+    assert partition_sha256(device, "system", "a") == padded_sha256(split, 4 << 20)
+
     assert partition_sha256(device, "boot", "b") == padded_sha256(image, 1 << 20)
 
 

@@ -25,7 +25,7 @@ from zflash.emulator.link import (
 from zflash.errors import Code, ZflashError
 from zflash.transport import DeviceUrl, Transport, open_transport, parse_device_url
 from zflash.transport.serial import SerialTransport, classify_open_error
-from zflash.transport.tcp import TcpTransport
+from zflash.transport.tcp import TcpTransport, _lookup_name
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="needs ptys")
 
@@ -391,6 +391,20 @@ def test_tcp_refused_is_device_not_found() -> None:
 def test_fastboot_tcp_is_plain_tcp() -> None:
     with TcpListener() as listener, \
             open_transport(f"fastboot+tcp://127.0.0.1:{listener.port}", timeout=2) as host:
+        assert isinstance(host, TcpTransport)
+
+
+def test_a_host_name_is_looked_up_as_the_idna_codec_would_encode_it() -> None:
+    """D205: ASCII names go to getaddrinfo as the bytes the idna codec would give it (so the
+    codec is never imported); international names and names the codec refuses stay str,
+    so they are IDNA-encoded, or fail, exactly as before."""
+    for host in ("127.0.0.1", "::1", "localhost", "Device-7.lab.example", "host.",
+                 "a" * 63 + ".b", "x" * 63):
+        assert _lookup_name(host) == host.encode("idna")
+    for host in ("bücher.example", "a..b", ".a", "a" * 64 + ".b", "x" * 64):
+        assert _lookup_name(host) == host
+    with TcpListener() as listener, \
+            open_transport(f"tcp://localhost:{listener.port}", timeout=2) as host:
         assert isinstance(host, TcpTransport)
 
 

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from zflash.fetch.config import (FetchConfig, default_cache_dir, default_pin_file,
-                                 default_state_file)
+from zflash.fetch.paths import default_cache_dir, default_pin_file, default_state_file
 
 if TYPE_CHECKING:
+    from zflash.fetch.config import FetchConfig
     from zflash.package.keys import TrustStore
 
 
@@ -42,6 +42,7 @@ def tls_options(func: Any) -> Any:
 def fetch_config(pins: tuple[str, ...], pin_file: Path | None, pin_only: bool,
                  ca_file: Path | None, cache_dir: Path | None, state_file: Path | None,
                  timeout: float, trust: "TrustStore", on_event: Any) -> FetchConfig:
+    from zflash.fetch.config import FetchConfig  # only a fetch needs it, not every command
     from zflash.fetch.tls import TlsPolicy
     policy = TlsPolicy.build(pins, pin_file, pin_only, ca_file, timeout)
     return FetchConfig(policy=policy, trust=trust, cache_dir=cache_dir or default_cache_dir(),

@@ -1,13 +1,14 @@
-"""Where fetched files and remembered catalog versions live, and the settings of one fetch."""
+"""The settings of one fetch; the default paths are in ``paths`` (re-exported here)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from zflash.fetch.events import EventSink, ignore
+from zflash.fetch.paths import (default_cache_dir, default_pin_file,  # noqa: F401 (re-export)
+                                default_state_file)
 from zflash.fetch.watchdog import MIN_PROGRESS
 
 if TYPE_CHECKING:  # keeps `zflash --help` from loading ssl, http.client and the package code
@@ -15,26 +16,6 @@ if TYPE_CHECKING:  # keeps `zflash --help` from loading ssl, http.client and the
     from zflash.package.keys import TrustStore
 
 DEFAULT_RECONNECTS = 3
-
-
-def default_cache_dir() -> Path:
-    """``$ZFLASH_CACHE_DIR`` or ``$XDG_CACHE_HOME/zflash/downloads``."""
-    if os.environ.get("ZFLASH_CACHE_DIR"):
-        return Path(os.environ["ZFLASH_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "zflash" / "downloads"
-
-
-def default_pin_file() -> Path:
-    """``$XDG_CONFIG_HOME/zflash/pins.json`` (next to the trusted-keys directory)."""
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "zflash" / "pins.json"
-
-
-def default_state_file() -> Path:
-    """``$XDG_STATE_HOME/zflash/catalogs.json``: state, not cache, so a cache wipe keeps it."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "zflash" / "catalogs.json"
 
 
 @dataclass

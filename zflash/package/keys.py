@@ -16,16 +16,22 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Union
+from typing import TYPE_CHECKING, Iterable
 
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from zflash.errors import Code, ZflashError
+from zflash import lazy_getattr
 from zflash.package.names import (ALG_IDS, ALGORITHMS, MAX_RSA_BITS, MIN_RSA_BITS,  # noqa: F401
                                   default_trust_dir)
 
-PrivateKey = Union[ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey]
-PublicKey = Union[ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey, rsa.RSAPublicKey]
+if TYPE_CHECKING:
+    from zflash.package.key_types import PrivateKey, PublicKey
+
+# cryptography's ec and rsa are imported only where an ECDSA or RSA key is met (D205); the
+# unions that name their classes are built on first use
+__getattr__ = lazy_getattr(__name__, dict.fromkeys(("PrivateKey", "PublicKey"),
+                                                   "zflash.package.key_types"))
 
 MAX_KEY_FILE = 64 << 10
 
@@ -40,6 +46,7 @@ def algorithm_of(key: PrivateKey | PublicKey) -> str:
     """The zflash algorithm name; unsupported curves and small RSA keys are refused."""
     if isinstance(key, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey)):
         return "ed25519"
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa  # not for Ed25519 (D205)
     if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
         if not isinstance(key.curve, ec.SECP256R1):
             raise ZflashError(Code.BAD_KEY_FILE, f"ECDSA curve {key.curve.name} is not P-256")
@@ -66,6 +73,7 @@ def key_id(key: PrivateKey | PublicKey) -> bytes:
 def generate(algorithm: str = "ed25519", rsa_bits: int = MIN_RSA_BITS) -> PrivateKey:
     if algorithm == "ed25519":
         return ed25519.Ed25519PrivateKey.generate()
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa  # not for Ed25519 (D205)
     if algorithm == "ecdsa-p256":
         return ec.generate_private_key(ec.SECP256R1())
     if algorithm == "rsa-pss":

@@ -38,20 +38,21 @@ class Signature:
 
 
 def sign(message: bytes, key: PrivateKey, domain: bytes = MANIFEST_DOMAIN) -> Signature:
-    # cryptography is imported where it is used: parsing a package (inspect) needs none of it
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-
+    # cryptography is imported where it is used: parsing a package (inspect) needs none of it,
+    # an Ed25519 key none of ec and hashes (D205)
     from zflash.package.keys import algorithm_of, key_id
     algorithm = algorithm_of(key)
     data = domain + message
     if algorithm == "ed25519":
         value = key.sign(data)  # type: ignore[call-arg]
-    elif algorithm == "ecdsa-p256":
-        value = key.sign(data, ec.ECDSA(hashes.SHA256(),  # type: ignore[call-arg]
-                                        deterministic_signing=True))
     else:
-        value = key.sign(data, _pss(0), hashes.SHA256())  # type: ignore[call-arg]
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        if algorithm == "ecdsa-p256":
+            value = key.sign(data, ec.ECDSA(hashes.SHA256(),  # type: ignore[call-arg]
+                                            deterministic_signing=True))
+        else:
+            value = key.sign(data, _pss(0), hashes.SHA256())  # type: ignore[call-arg]
     return Signature(algorithm, key_id(key), value)
 
 
@@ -64,18 +65,19 @@ def _pss(salt_length: int) -> padding.PSS:
 def check_one(signature: Signature, public: PublicKey, message: bytes,
               domain: bytes = MANIFEST_DOMAIN) -> bool:
     from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, padding
     data = domain + message
     try:
         if signature.algorithm == "ed25519":
             public.verify(signature.value, data)  # type: ignore[call-arg]
-        elif signature.algorithm == "ecdsa-p256":
-            public.verify(signature.value, data,  # type: ignore[call-arg]
-                          ec.ECDSA(hashes.SHA256()))
-        else:
-            public.verify(signature.value, data,  # type: ignore[call-arg]
-                          _pss(padding.PSS.AUTO), hashes.SHA256())
+        else:  # ec, padding (and rsa) only when such a signature is met (D205)
+            from cryptography.hazmat.primitives import hashes
+            from cryptography.hazmat.primitives.asymmetric import ec, padding
+            if signature.algorithm == "ecdsa-p256":
+                public.verify(signature.value, data,  # type: ignore[call-arg]
+                              ec.ECDSA(hashes.SHA256()))
+            else:
+                public.verify(signature.value, data,  # type: ignore[call-arg]
+                              _pss(padding.PSS.AUTO), hashes.SHA256())
     except (InvalidSignature, TypeError, ValueError):
         return False
     return True

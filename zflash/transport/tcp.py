@@ -37,11 +37,23 @@ def tune_socket(sock: socket.socket) -> None:
             pass  # a smaller buffer is slower, not wrong
 
 
+def _lookup_name(host: str) -> str | bytes:
+    """``host`` as getaddrinfo takes it. A str is encoded with the idna codec, whose import
+    (with stringprep and unicodedata) costs ~2 ms; an ASCII name with labels of 1-63
+    characters is encoded by it to its own ASCII bytes, so those are passed as bytes. Other
+    names stay str: international ones are still IDNA-encoded, bad ones fail as before."""
+    if host.isascii():
+        *labels, last = host.split(".")
+        if all(0 < len(label) < 64 for label in labels) and len(last) < 64:
+            return host.encode("ascii")
+    return host
+
+
 def connect(host: str, port: int, timeout: float) -> socket.socket:
     """Connect to HOST:PORT, trying each address; DEVICE_NOT_FOUND when nothing answers."""
     where = f"{host}:{port}"
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(_lookup_name(host), port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise ZflashError(Code.DEVICE_NOT_FOUND, f"cannot resolve {host!r}: {exc}") from None
     last = "no address"

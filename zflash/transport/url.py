@@ -52,10 +52,12 @@ ACCEPTED_FORMS = ("serial:///dev/ttyUSB0[?baud=N], /dev/tty*, COMn, edl+serial:/
                   "usb://BUS-PORT[.PORT...], rfc2217://HOST:PORT, or a pyserial URL "
                   "(socket://, spy://, loop://)")
 
-_COM_RE = re.compile(r"^(?:\\\\\.\\)?COM[0-9]+$", re.IGNORECASE)
-_VIDPID_RE = re.compile(r"^([0-9a-fA-F]{1,4}):([0-9a-fA-F]{1,4})$")
-_PORT_PATH_RE = re.compile(r"^[0-9]+-[0-9]+(?:\.[0-9]+)*$")
-_DIGITS_RE = re.compile(r"^[0-9]+$")
+# Patterns, not compiled ones: re.match compiles (and caches) each on first use, so a
+# command pays only for those its URL needs (a tcp:// URL: just the digits).
+_COM_RE = r"(?i)^(?:\\\\\.\\)?COM[0-9]+$"
+_VIDPID_RE = r"^([0-9a-fA-F]{1,4}):([0-9a-fA-F]{1,4})$"
+_PORT_PATH_RE = r"^[0-9]+-[0-9]+(?:\.[0-9]+)*$"
+_DIGITS_RE = r"^[0-9]+$"
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ def parse_device_url(url: str) -> DeviceUrl:
 def _parse_bare(url: str, text: str) -> DeviceUrl:
     """A bare ``/dev/...`` path or ``COMn`` is shorthand for ``serial://``."""
     name, _, query = text.partition("?")
-    if not (name.startswith("/dev/") or _COM_RE.match(name)):
+    if not (name.startswith("/dev/") or re.match(_COM_RE, name)):
         raise bad_url(url, "not a device URL")
     params = _parse_query(url, query, "serial")
     return DeviceUrl(scheme="serial", raw=url, path=name, params=params)
@@ -146,7 +148,7 @@ def _parse_serial(url: str, text: str, scheme: str = "serial") -> DeviceUrl:
     if netloc and path:
         raise bad_url(url, "a serial URL names a local port: serial:///dev/ttyUSB0")
     name = netloc or path
-    if _COM_RE.match(name.lstrip("/")):
+    if re.match(_COM_RE, name.lstrip("/")):
         name = name.lstrip("/")
     if not name or name == "/":
         raise bad_url(url, "no serial port named")
@@ -202,11 +204,11 @@ def _parse_usb(url: str, text: str) -> DeviceUrl:
     params = _parse_query(url, query, "usb")
     if not where:
         return DeviceUrl(scheme="usb", raw=url, params=params)
-    match = _VIDPID_RE.match(where)
+    match = re.match(_VIDPID_RE, where)
     if match:
         return DeviceUrl(scheme="usb", raw=url, vid=int(match.group(1), 16),
                          pid=int(match.group(2), 16), params=params)
-    if _PORT_PATH_RE.match(where):
+    if re.match(_PORT_PATH_RE, where):
         return DeviceUrl(scheme="usb", raw=url, path=where, params=params)
     raise bad_url(url, f"{where!r} is neither VID:PID (hex, e.g. 1209:0001) "
                        "nor a bus-port path (e.g. 1-2.3)")
@@ -251,7 +253,7 @@ def _seconds(url: str, text: str) -> float:
 
 def _int_in_range(url: str, text: str, what: str, low: int, high: int) -> int:
     """A plain decimal integer within [low, high]; no signs, spaces or fractions."""
-    if not _DIGITS_RE.match(text):
+    if not re.match(_DIGITS_RE, text):
         raise bad_url(url, f"{what} {text!r} is not a number")
     value = int(text)
     if not low <= value <= high:

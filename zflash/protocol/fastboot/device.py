@@ -15,7 +15,7 @@ from enum import Enum
 
 from zflash.errors import Code, ZflashError
 from zflash.protocol.fastboot.constants import FAIL, INFO, MAX_COMMAND, OKAY, TEXT
-from zflash.protocol.fastboot.events import (
+from zflash.protocol.fastboot.device_events import (
     Command,
     DeviceEvent,
     DownloadData,

@@ -1,12 +1,21 @@
-"""Events the engines hand to their callers: what the other side said, already parsed."""
+"""Events the host engine hands to its caller: what the device said, already parsed.
+
+The device engine's events are in ``device_events``; their names can still be imported
+from here (PEP 562, imported on first use).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import TYPE_CHECKING, Union
+
+from zflash import lazy_getattr
+
+if TYPE_CHECKING:
+    from zflash.protocol.fastboot.device_events import (Command, DeviceEvent, DownloadData,
+                                                        DownloadDone, Malformed)
 
 
-# --- host side: what the device answered ---------------------------------------------------
 @dataclass(frozen=True)
 class Okay:
     """The command succeeded; ``message`` is its value (e.g. a getvar answer, may be empty)."""
@@ -52,53 +61,7 @@ class UploadData:
 HostEvent = Union[Okay, Fail, Info, Text, DataRequest, UploadData]
 
 
-# --- device side: what the host asked ----------------------------------------------------
-@dataclass(frozen=True)
-class Command:
-    """One command packet (ASCII, e.g. ``getvar:product``)."""
-
-    text: str
-
-    @property
-    def verb(self) -> str:
-        """``getvar`` for ``getvar:x``, ``oem`` for ``oem unlock``, the whole text otherwise."""
-        return self.split()[0]
-
-    @property
-    def argument(self) -> str:
-        return self.split()[1]
-
-    def split(self) -> tuple[str, str]:
-        """``oem``/``flashing`` take space-separated arguments; everything else uses ``:``."""
-        verb, sep, arg = self.text.partition(" ")
-        if sep and verb in _SPACE_VERBS:
-            return verb, arg
-        verb, sep, arg = self.text.partition(":")
-        return (verb, arg) if sep else (self.text, "")
-
-
-_SPACE_VERBS = frozenset({"oem", "flashing"})
-
-
-@dataclass(frozen=True)
-class DownloadData:
-    """Bytes of a download; valid only until the next call into the engine."""
-
-    data: memoryview
-
-
-@dataclass(frozen=True)
-class DownloadDone:
-    """All ``size`` bytes announced by DATA arrived; the device must now answer."""
-
-    size: int
-
-
-@dataclass(frozen=True)
-class Malformed:
-    """A command packet that could not be read (too long, not ASCII); answer it with FAIL."""
-
-    reason: str
-
-
-DeviceEvent = Union[Command, DownloadData, DownloadDone, Malformed]
+#: the device side's names, still importable from here; a host never asks for them
+__getattr__ = lazy_getattr(__name__, dict.fromkeys(
+    ("Command", "DeviceEvent", "DownloadData", "DownloadDone", "Malformed"),
+    "zflash.protocol.fastboot.device_events"))

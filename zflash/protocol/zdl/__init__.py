@@ -58,6 +58,7 @@ expires: True means switch back), the requests ``Identify``, ``BeginUpdate``, ``
 
 from typing import TYPE_CHECKING
 
+from zflash import lazy_getattr
 from zflash.protocol.zdl.codecs import compress, decode_block, local_codecs
 from zflash.protocol.zdl.constants import (
     CODEC_NONE, CODEC_ZLIB, CODEC_ZSTD, DEFAULT_MAX_DATA, DEFAULT_WINDOW, MAX_MAX_DATA,
@@ -81,18 +82,8 @@ if TYPE_CHECKING:
     from zflash.protocol.zdl.device import DeviceEngine, DeviceState
 
 #: names imported on first use: a host (every `zflash flash`) never loads the device engine
-_LAZY = {"DeviceEngine": "zflash.protocol.zdl.device", "DeviceState": "zflash.protocol.zdl.device"}
-
-
-def __getattr__(name: str) -> object:
-    """PEP 562: the device-side names, imported when first asked for."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, dict.fromkeys(("DeviceEngine", "DeviceState"),
+                                                   "zflash.protocol.zdl.device"))
 
 __all__ = [
     "CODEC_NONE", "CODEC_ZLIB", "CODEC_ZSTD", "DEFAULT_MAX_DATA", "DEFAULT_WINDOW", "MAX_MAX_DATA",

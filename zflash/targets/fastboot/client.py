@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 from zflash.errors import Code, ZflashError
-from zflash.package.sparse import SparseReader, is_sparse, split_sparse, validate_sparse_file
 from zflash.protocol.fastboot.constants import (DEFAULT_TCP_PORT, RESPONSE_TIMEOUT,
                                                 TCP_HANDSHAKE_TIMEOUT)
 from zflash.protocol.fastboot.events import (DataRequest, Fail, HostEvent, Info, Okay, Text,
@@ -409,6 +408,8 @@ class FastbootClient:
         complete sparse pieces, each ``download`` + ``flash``. Checked against
         ``partition-size`` first when the device reports it (9023 before any write).
         """
+        # imported here: getvar, erase, reboot... (most commands) never read an image
+        from zflash.package.sparse import split_sparse, validate_sparse_file
         path = Path(path)
         size, expanded, sparse = image_sizes(path)
         if sparse:  # the whole image is checked before a byte is sent (9005)
@@ -541,6 +542,7 @@ def _map(source: BinaryIO, size: int) -> mmap.mmap | None:
 
 def image_sizes(path: Path) -> tuple[int, int, bool]:
     """(file size, size once expanded, is sparse); a malformed sparse header is 9005."""
+    from zflash.package.sparse import SparseReader, is_sparse  # only a flash reads an image
     try:
         size = path.stat().st_size
         with open(path, "rb") as handle:
