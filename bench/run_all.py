@@ -165,15 +165,16 @@ class Bench:
               f"{kind} {size // MIB} MiB"
         client_job = f"`zflash fastboot flash IMG` vs stock `fastboot flash IMG`, " \
                      f"{kind} {size // MIB} MiB"
+        def not_run(why: str) -> list[Row]:
+            return [Row(job, "-", "-", "-", "<= 1.2x stock", f"not run: {why}", "-", "-"),
+                    Row(client_job, "-", "-", "-", "<= 1.0x stock", f"not run: {why}", "-",
+                        "-")]
+
         if not stock:
-            why = "not run: fastboot not installed (Debian: fastboot)"
-            return [Row(job, "-", "-", "-", "<= 1.2x stock", why, "-", "-"),
-                    Row(client_job, "-", "-", "-", "<= 1.0x stock", why, "-", "-")]
+            return not_run("fastboot not installed (Debian: fastboot)")
         image = self.image(kind, size)
         if isinstance(image, str):
-            return [Row(job, "-", "-", "-", "<= 1.2x stock", f"not run: {image}", "-", "-"),
-                    Row(client_job, "-", "-", "-", "<= 1.0x stock", f"not run: {image}",
-                        "-", "-")]
+            return not_run(image)
         stock_image = image
         if kind == "ext4":  # what a user hands the stock client: the sparse form
             img2simg = shutil.which("img2simg")

@@ -27,12 +27,12 @@ def test_the_buffer_keeps_its_file_and_cuts_each_download_to_its_size(tmp_path: 
     buffer.begin()
     buffer.write(b"L" * 10_000)
     assert buffer.end() == 10_000
-    first = buffer.reader().fileno()
+    first = buffer.reader()
     buffer.begin()
     buffer.write(b"short")
     assert buffer.end() == 5
     staged = buffer.reader()
-    assert staged.fileno() == first  # the same file, overwritten: no new allocation
+    assert staged is first  # the same open file, overwritten: no new allocation
     assert staged.read() == b"short"  # the longer download's tail is gone
     buffer.close()
     assert list(tmp_path.iterdir()) == []  # an unlinked temp file: nothing left behind

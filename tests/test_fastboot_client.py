@@ -206,6 +206,8 @@ def test_cli_flash_getvar_and_errors(served: tuple[EmulatedDevice, FastbootTcpSe
     flashed = run("flashall", str(out), "--skip-reboot", "--json")
     assert flashed.returncode == 0, flashed.stderr
     assert '"slot": "b"' in flashed.stdout  # still running a (no reboot since set-active)
+    assert partition_sha256(device, "boot", "b") == padded_sha256(image, 1 << 20)
+
 
 def test_the_fastboot_cli_imports_the_host_side_only(served: tuple[EmulatedDevice,
                                                                    FastbootTcpServer],
@@ -238,11 +240,10 @@ def test_the_fastboot_cli_imports_the_host_side_only(served: tuple[EmulatedDevic
     got = loaded("flash", "boot_a", str(image))
     assert "zflash.package.sparse" in got
     absent(got, *host_only, "tempfile")
+    assert partition_sha256(device, "boot", "a") == padded_sha256(image, 1 << 20)
     split = make_image(tmp_path / "system.img", 3 << 20, seed=3, noise=6)  # over 1 MiB
     assert "tempfile" in loaded("flash", "system_a", str(split))
     assert partition_sha256(device, "system", "a") == padded_sha256(split, 4 << 20)
-
-    assert partition_sha256(device, "boot", "b") == padded_sha256(image, 1 << 20)
 
 
 # --- broken devices ----------------------------------------------------------------------------

@@ -4,9 +4,10 @@ Two layers:
 
 * :class:`FastbootSession` is transport-agnostic: feed it host packets (``receive``), send
   back the packets it yields. It answers the variables a real bootloader reports, stages a
-  download in the device's :class:`DownloadBuffer` (a bounded temp file), flashes raw and sparse images (split pieces included),
-  erases, switches slots and reboots through the device's boot simulation. The same object
-  can sit behind an emulated USB backend: one packet per bulk transfer.
+  download in the device's :class:`DownloadBuffer` (a bounded temp file), flashes raw and
+  sparse images (split pieces included), erases, switches slots and reboots through the
+  device's boot simulation. The same object can sit behind an emulated USB backend: one
+  packet per bulk transfer.
 * :func:`serve_fastboot_tcp` (and :class:`FastbootTcpServer`, its threaded wrapper) exposes a
   session over TCP: the ``FB01`` handshake and 8-byte length framing, one host at a time.
 * :func:`serve_fastboot_usb` is the firmware of an emulated USB device with the fastboot
