@@ -214,8 +214,8 @@ def test_the_fastboot_cli_imports_the_host_side_only(served: tuple[EmulatedDevic
                                                      tmp_path: Path) -> None:
     """`zflash fastboot` pays for what a host uses (D205): not the device engine or its
     events, not the idna codec for an ASCII host; getvar reads no image, so no sparse code;
-    a flash within the download limit spools nothing, so no tempfile. A split flash does
-    spool, and must then still find tempfile."""
+    a flash within the download limit spools nothing, so no tempfile; nor does a split
+    flash of a regular file, whose pieces are planned over a map of it (D208)."""
     device, server = served
     probe = ("import sys\nfrom zflash.cli import main\ntry:\n    main(sys.argv[1:])\n"
              "except SystemExit as exc:\n    code = exc.code\n"
@@ -242,7 +242,9 @@ def test_the_fastboot_cli_imports_the_host_side_only(served: tuple[EmulatedDevic
     absent(got, *host_only, "tempfile")
     assert partition_sha256(device, "boot", "a") == padded_sha256(image, 1 << 20)
     split = make_image(tmp_path / "system.img", 3 << 20, seed=3, noise=6)  # over 1 MiB
-    assert "tempfile" in loaded("flash", "system_a", str(split))
+    got = loaded("flash", "system_a", str(split))
+    assert "zflash.package.sparse.mapped" in got
+    absent(got, "tempfile")
     assert partition_sha256(device, "system", "a") == padded_sha256(split, 4 << 20)
 
 

@@ -64,6 +64,9 @@ class SparseChunk:
         self.fill = fill  # the 4-byte pattern of a FILL chunk
         self.crc32 = crc32  # the value stored in a CRC32 chunk
         self.remaining = block_count * reader.block_size if kind is ChunkType.RAW else 0
+        #: where the RAW data starts in a seekable file (None for a stream): what a sender
+        #: that maps the file sends from, without reading the data here
+        self.data_offset = reader._position() if kind is ChunkType.RAW else None
 
     @property
     def offset(self) -> int:
@@ -92,6 +95,18 @@ class SparseChunk:
             yield data
 
     def _drain(self) -> None:
+        """Move past unread RAW data: by a seek in a file whose CRCs are not being checked
+        (a structure pass over a large image then reads only its headers), else by reading
+        (a pipe, or the CRC covers the data)."""
+        reader = self._reader
+        if self.remaining and not reader.check_crc and reader._end is not None:
+            position = reader._file.tell()
+            if position + self.remaining > reader._end:
+                raise _malformed(f"file truncated in the data of chunk {self.index}: needed "
+                                 f"{self.remaining} bytes, found {reader._end - position}")
+            reader._file.seek(self.remaining, 1)
+            self.remaining = 0
+            return
         while self.read(PIECE):
             pass
 
@@ -122,11 +137,16 @@ class SparseReader:
         self.chunk_header_size = chunk_hdr_sz
         _read_exact(fileobj, file_hdr_sz - FILE_HEADER_SIZE, "the extra file header bytes")
         left = _bytes_left(fileobj)
+        #: the file's size when it is seekable (None for a stream)
+        self._end = None if left is None else fileobj.tell() + left
         if left is not None and left < self.total_chunks * chunk_hdr_sz:
             raise _malformed(f"file truncated: {self.total_chunks} chunk headers need "
                              f"{self.total_chunks * chunk_hdr_sz} bytes, {left} left")
         self._crc = 0
         self._started = False
+
+    def _position(self) -> int | None:
+        return None if self._end is None else self._file.tell()
 
     @property
     def total_size(self) -> int:

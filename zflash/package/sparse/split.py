@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator, Union
+from typing import BinaryIO, Callable, Iterator, Union
 
 from zflash.errors import Code, ZflashError
 from zflash.package.sparse.format import (
@@ -64,7 +64,7 @@ class _PieceBuilder:
     """Packs runs into one piece within ``max_size``, keeping room for the trailing DONT_CARE."""
 
     def __init__(self, index: int, start_block: int, block_size: int, total_blocks: int,
-                 max_size: int) -> None:
+                 max_size: int, make_out: Callable[[], BinaryIO] = _spool) -> None:
         self.index = index
         self.start_block = start_block
         self._bs = block_size
@@ -72,7 +72,8 @@ class _PieceBuilder:
         self._max = max_size
         self.has_data = False
         self.end_block = start_block
-        self.file = _spool()
+        self._make_out = make_out
+        self.file = make_out()
         self.writer = _ChunkWriter(self.file, block_size)
         if start_block:
             self.writer.add(_Run(ChunkType.DONT_CARE, start_block))
@@ -107,7 +108,8 @@ class _PieceBuilder:
 
     def next_piece(self) -> "_PieceBuilder":
         """The builder for the piece after this finished one."""
-        return _PieceBuilder(self.index + 1, self.end_block, self._bs, self._total, self._max)
+        return _PieceBuilder(self.index + 1, self.end_block, self._bs, self._total, self._max,
+                             self._make_out)
 
 
 def _emit(builder: _PieceBuilder) -> Iterator[SparsePiece]:
@@ -117,10 +119,12 @@ def _emit(builder: _PieceBuilder) -> Iterator[SparsePiece]:
         builder.file.close()
 
 
-def _pack(runs: Iterator[_Run], block_size: int, total_blocks: int,
-          max_size: int) -> Iterator[SparsePiece]:
-    """Greedy packing: fill each piece until the next run (or RAW block) does not fit."""
-    builder = _PieceBuilder(0, 0, block_size, total_blocks, max_size)
+def _pack(runs: Iterator[_Run], block_size: int, total_blocks: int, max_size: int,
+          make_out: Callable[[], BinaryIO] = _spool) -> Iterator[SparsePiece]:
+    """Greedy packing: fill each piece until the next run (or RAW block) does not fit.
+    ``make_out`` makes each piece's file (a spooled temp file, or a list of references to
+    a mapped source: zflash.package.sparse.mapped)."""
+    builder = _PieceBuilder(0, 0, block_size, total_blocks, max_size, make_out)
     try:
         for run in runs:
             if run.kind is ChunkType.RAW:
@@ -133,7 +137,7 @@ def _pack(runs: Iterator[_Run], block_size: int, total_blocks: int,
                         yield from _emit(builder)
                         builder = builder.next_piece()
                         continue
-                    builder.add(_Run(ChunkType.RAW, take, read=run.read))
+                    builder.add(run.part((run.blocks - left) * block_size, take))
                     left -= take
             elif run.kind is ChunkType.DONT_CARE or builder.fits(run):
                 builder.add(run)
@@ -152,13 +156,15 @@ def min_split_size(block_size: int) -> int:
     return FILE_HEADER_SIZE + 3 * CHUNK_HEADER_SIZE + block_size
 
 
-def _sparse_runs(reader: SparseReader) -> Iterator[_Run]:
-    """Chunks of a sparse source as runs; CRC32 chunks are checked by the reader and dropped."""
+def _sparse_runs(reader: SparseReader, refer: bool = False) -> Iterator[_Run]:
+    """Chunks of a sparse source as runs; CRC32 chunks are checked by the reader and dropped.
+    ``refer``: RAW runs name where their data lies in the file instead of reading it."""
     for chunk in reader.iter_chunks():
         if chunk.block_count == 0:
             continue
         if chunk.type is ChunkType.RAW:
-            yield _Run(ChunkType.RAW, chunk.block_count, read=chunk.read)
+            yield _Run(ChunkType.RAW, chunk.block_count, read=chunk.read,
+                       at=chunk.data_offset if refer else None)
         elif chunk.type is ChunkType.FILL:
             yield _Run(ChunkType.FILL, chunk.block_count, fill=chunk.fill)
         elif chunk.type is ChunkType.DONT_CARE:

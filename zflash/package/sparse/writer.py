@@ -46,12 +46,21 @@ class SparseStats:
 
 @dataclass
 class _Run:
-    """A run of output blocks headed for one chunk; RAW runs carry a reader of their data."""
+    """A run of output blocks headed for one chunk. RAW runs carry a reader of their data,
+    or ``at``: where the data lies in the source file, for an output that refers to the
+    file instead of copying it (zflash.package.sparse.mapped)."""
 
     kind: ChunkType
     blocks: int
     fill: bytes | None = None
     read: Callable[[int], bytes] | None = None
+    at: int | None = None
+
+    def part(self, skipped_bytes: int, blocks: int) -> "_Run":
+        """``blocks`` of this RAW run, starting ``skipped_bytes`` into it (a reader
+        continues where it is; a file position moves on)."""
+        at = None if self.at is None else self.at + skipped_bytes
+        return _Run(self.kind, blocks, self.fill, self.read, at)
 
 
 class _ChunkWriter:
@@ -101,7 +110,10 @@ class _ChunkWriter:
         self._open_blocks += run.blocks
         self.blocks += run.blocks
         self.per_kind[run.kind] += run.blocks
-        if run.kind is ChunkType.RAW:
+        if run.kind is ChunkType.RAW and run.at is not None:
+            self._out.write_ref(run.at, run.blocks * self._bs)  # type: ignore[attr-defined]
+            self.size += run.blocks * self._bs
+        elif run.kind is ChunkType.RAW:
             assert run.read is not None
             self._copy(run.read, run.blocks * self._bs)
 

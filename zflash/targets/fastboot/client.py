@@ -6,8 +6,9 @@ client does, but never past ``INFO_EXTENSIONS`` times that for one command (a de
 only ever says INFO has not answered). On top of single commands it does what the stock client does for a flash:
 slot suffixes from ``has-slot``/``current-slot``, the download limit from
 ``max-download-size`` (or ``-S``), and splitting of large images into complete sparse
-pieces with :func:`zflash.package.sparse.split_sparse`. Memory stays bounded whatever the
-image size: data is streamed from the file in fixed-size pieces.
+pieces (:func:`zflash.package.sparse.mapped.split_mapped` for a regular file: headers
+planned in memory, data sent from a map of the file; ``split_sparse`` for anything else).
+Memory stays bounded whatever the image size: data is streamed in fixed-size pieces.
 
 Device URLs: ``fastboot+tcp://HOST[:PORT]`` (also the stock client's ``tcp:HOST[:PORT]``
 and ``tcp://HOST:PORT``), and packet transports such as USB once ``open_transport`` offers
@@ -409,7 +410,7 @@ class FastbootClient:
         ``partition-size`` first when the device reports it (9023 before any write).
         """
         # imported here: getvar, erase, reboot... (most commands) never read an image
-        from zflash.package.sparse import split_sparse, validate_sparse_file
+        from zflash.package.sparse import validate_sparse_file
         path = Path(path)
         size, expanded, sparse = image_sizes(path)
         if sparse:  # the whole image is checked before a byte is sent (9005)
@@ -427,7 +428,7 @@ class FastbootClient:
             self.command(f"flash:{partition}")
             return 1
         count = 0
-        for piece in split_sparse(path, limit):
+        for piece in _split(path, limit):
             self.on_event({"event": "piece", "partition": partition, "index": piece.index,
                            "bytes": piece.size})
             self.download(piece.file, piece.size, f"{partition} piece {piece.index + 1}")
@@ -538,6 +539,16 @@ def _map(source: BinaryIO, size: int) -> mmap.mmap | None:
         return mmap.mmap(fd, size, access=mmap.ACCESS_READ, offset=offset)
     except (AttributeError, OSError, ValueError):
         return None  # a pipe, an in-memory file, a spooled piece: use the buffer
+
+
+def _split(path: Path, limit: int) -> Iterator[Any]:
+    """The image's sparse pieces: planned over a map of a regular file (no copy, no temp
+    file, D208), else written by the streaming splitter (a pipe, a device node)."""
+    if path.is_file():
+        from zflash.package.sparse.mapped import split_mapped
+        return split_mapped(path, limit)
+    from zflash.package.sparse import split_sparse
+    return split_sparse(path, limit)
 
 
 def image_sizes(path: Path) -> tuple[int, int, bool]:
