@@ -355,3 +355,45 @@ def test_with_the_cache_full_workers_check_what_is_sent_after_the_gate(
         assert check.take("system", 0) is not None and check.take("system", 8) is None
         assert check.wait() is None
     assert sorted(hashed) == [("system", i) for i in range(24)]
+
+
+def test_the_sender_does_not_wait_for_a_worker_hashing_a_raw_block(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """D209: a raw block a worker claimed is sent from the map without waiting for the
+    worker's verdict (the download only stages it; the gate waits for every verdict before
+    a write). Workers stuck on their first blocks do not hold up the sender, which hashes
+    the rest itself; each block is still hashed once, and the gate then sees all of them."""
+    import threading
+    import zflash.targets.blocks as blocks_module
+    image = tmp_path / "system.img"
+    image.write_bytes(os.urandom(16 * BLOCK))
+    out = tmp_path / "raw.zpk"
+    build_package(INFO, [PartitionSource("system", image, True)],
+                  [keymod.load_private_key(SIGNING_KEY)], out, block_size=BLOCK, codec="none")
+    hashed = count_host_hashes(monkeypatch)
+    counting = blocks_module.decode_block
+    release, stuck, resumed = threading.Event(), [], []
+
+    def stuck_in_workers(part, index, entry, stored):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name.startswith("zflash-block-check"):
+            stuck.append(index)
+            release.wait(3)  # a sender that waits for the verdict waits this long
+            resumed.append(index)
+        return counting(part, index, entry, stored)
+
+    monkeypatch.setattr(blocks_module, "decode_block", stuck_in_workers)
+    with Package(out) as pkg:
+        part = pkg.manifest.partitions[0]
+        check = BlockCheck(pkg)
+        check.start([(part, list(range(16)))])
+        deadline = time.monotonic() + 10
+        while len(stuck) < min(blocks_module.WORKERS, 16) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        blocks = PartitionBlocks(pkg, part, check.checked[part.name], check.wait, check)
+        sent = b"".join(bytes(view) for view in blocks.raw_views(0, 16))
+        assert not resumed  # the sender finished while the workers were stuck
+        assert sent == image.read_bytes()
+        release.set()
+        assert check.wait() is None
+        assert check.checked["system"] == set(range(16))
+    assert sorted(hashed) == [("system", i) for i in range(16)]

@@ -359,7 +359,7 @@ class PartitionBlocks:
             length = last.stored_offset + last.stored_size - start
             view = self.package.stored_view(start, length)
             for block in range(index, end):
-                if self._needs_check(block) and self._mine(block):  # hashed on the view
+                if self._needs_check(block) and self._claims(block):  # hashed on the view
                     entry = table[block]
                     offset = entry.stored_offset - start
                     self._decode(block, entry, view[offset:offset + entry.stored_size])
@@ -393,6 +393,13 @@ class PartitionBlocks:
                 return kept
         return expand_block(self.part, index, entry,
                             read_stored(self.package, self.part, index))
+
+    def _claims(self, index: int) -> bool:
+        """Whether this sender hashes a raw block it sends from the map: yes, unless a
+        worker claimed it first. Then the sender does not wait for the worker's verdict
+        (D209): it sends the same mapped bytes either way, the download only stages them,
+        and the gate waits for every verdict before the first write (D183)."""
+        return self._check is None or self._check.claim(self.part.name, index)
 
     def _mine(self, index: int) -> bool:
         """Whether this sender checks the block: always, unless a BlockCheck runs beside it
