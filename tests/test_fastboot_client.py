@@ -248,6 +248,35 @@ def test_the_fastboot_cli_imports_the_host_side_only(served: tuple[EmulatedDevic
     assert partition_sha256(device, "system", "a") == padded_sha256(split, 4 << 20)
 
 
+@pytest.mark.parametrize("limit", [256 << 20, 32 << 20], ids=["one-download", "split"])
+def test_a_flash_keeps_the_hosts_memory_flat(tmp_path: Path, limit: int) -> None:
+    """An image is sent from a map of the file, within the limit or split (D208): the
+    pages sent leave the client's resident set, so a 96 MiB image does not make a 96 MiB
+    process (without the release its peak RSS is the image plus the interpreter)."""
+    import os
+    from zflash.emulator.storage import PartitionSpec, Profile, Storage
+    size = 96 << 20
+    profile = Profile(partitions=[PartitionSpec("system", size, True)],
+                      max_download_size=limit)
+    device = EmulatedDevice(Storage.create(tmp_path / "dev", profile))
+    image = tmp_path / "system.img"
+    image.write_bytes(os.urandom(size))
+    # VmHWM, the peak of this process's own memory (ru_maxrss would carry the forking
+    # parent's peak across exec)
+    probe = ("import sys\nfrom zflash.cli import main\ntry:\n"
+             "    main(sys.argv[1:])\nexcept SystemExit as exc:\n    code = exc.code\n"
+             "peak = [l for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
+             "print(peak[0].split()[1], file=sys.stderr)\nsys.exit(code)\n")
+    with FastbootTcpServer(device) as server:
+        result = subprocess.run([sys.executable, "-c", probe, "fastboot", "-s", server.url,
+                                 "flash", "system_a", str(image)],
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert partition_sha256(device, "system", "a") == padded_sha256(image, size)
+    peak_mib = int(result.stderr.split()[-1]) / 1024
+    assert peak_mib < 80, f"peak RSS {peak_mib:.0f} MiB for a 96 MiB image"
+
+
 # --- broken devices ----------------------------------------------------------------------------
 
 Script = Callable[[socket.socket], None]

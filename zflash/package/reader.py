@@ -23,6 +23,7 @@ from zflash.errors import Code, ZflashError
 from zflash.package.format import (HEADER_SIZE, KIND_RAW, KIND_ZERO, KIND_ZLIB, KIND_ZSTD,
                                    BlockEntry, BlockTable, Header, Manifest, PartitionEntry,
                                    block_length, decode_table, malformed)
+from zflash.package.pages import release_pages
 from zflash.package.signing import MANIFEST_DOMAIN, Signature, decode_signatures, verify
 
 if TYPE_CHECKING:
@@ -260,15 +261,9 @@ class Package:
         set (they stay in the page cache), so a streamed package does not grow the host's
         memory with the image size."""
         mapped = getattr(self, "_map", None)
-        if mapped is None or not hasattr(mapped, "madvise"):
-            return
-        first = (self.head.header.payload_offset + start) // mmap.PAGESIZE * mmap.PAGESIZE
-        end = min(len(mapped), self.head.header.payload_offset + start + length)
-        if end > first:
-            try:
-                mapped.madvise(mmap.MADV_DONTNEED, first, end - first)
-            except (OSError, ValueError, AttributeError):
-                pass  # only the resident set is at stake, never the data
+        if mapped is not None:
+            offset = self.head.header.payload_offset + start
+            release_pages(mapped, offset, offset + length)
 
     def __enter__(self) -> "Package":
         return self

@@ -22,6 +22,7 @@ import os
 from typing import Iterator
 
 from zflash.errors import Code, ZflashError
+from zflash.package.pages import release_pages
 from zflash.package.sparse.format import _U32_MAX, ChunkType, _malformed, is_sparse
 from zflash.package.sparse.reader import SparseReader
 from zflash.package.sparse.split import (
@@ -109,7 +110,7 @@ class PieceSegments:
                 end = min(offset + length, start + VIEW_LIMIT)
                 with memoryview(self._source)[start:end] as view:
                     yield view
-                _release(self._source, start, end)
+                release_pages(self._source, start, end)
 
     def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes from the position (all that is left for a negative ``n``)."""
@@ -131,16 +132,6 @@ class PieceSegments:
 
     def close(self) -> None:
         self._segments, self._starts, self.closed = [], [], True
-
-
-def _release(source: mmap.mmap, start: int, end: int) -> None:
-    """Drop sent pages of the map from this process's resident set (the page cache keeps
-    them): the host's memory stays flat whatever the image size."""
-    first = start // mmap.PAGESIZE * mmap.PAGESIZE
-    try:
-        source.madvise(mmap.MADV_DONTNEED, first, end - first)
-    except (AttributeError, OSError, ValueError):
-        pass  # only the resident set is at stake, never the data
 
 
 def fill_blocks(source: mmap.mmap | bytes, blocks: int, block_size: int
@@ -170,7 +161,7 @@ def fill_blocks(source: mmap.mmap | bytes, blocks: int, block_size: int
                 yield first + index, word
             index = marks.find(0, index + 1)
         if isinstance(source, mmap.mmap):
-            _release(source, base, end)
+            release_pages(source, base, end)
 
 
 def _mapped_raw_runs(source: mmap.mmap, size: int, block_size: int) -> Iterator[_Run]:

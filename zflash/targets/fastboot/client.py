@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 from zflash.errors import Code, ZflashError
+from zflash.package.pages import release_pages
 from zflash.protocol.fastboot.constants import (DEFAULT_TCP_PORT, RESPONSE_TIMEOUT,
                                                 TCP_HANDSHAKE_TIMEOUT)
 from zflash.protocol.fastboot.events import (DataRequest, Fail, HostEvent, Info, Okay, Text,
@@ -483,6 +484,7 @@ def _pieces(source: BinaryIO, size: int, what: str) -> Iterator[memoryview]:
                 for start in range(0, size, DATA_PIECE):
                     with view[start:start + DATA_PIECE] as piece:  # released before unmapping
                         yield piece
+                    release_pages(mapped, start, start + DATA_PIECE)  # sent: RSS stays flat
         finally:
             try:
                 mapped.close()
