@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from test_sparse import FAST, expand, raw_images, to_sparse
+from test_sparse import (FAST, expand, image, raw_images, sample_chunks, sample_image,
+                         to_sparse)
 from zflash.errors import Code, ZflashError
 from zflash.package import sparse
 from zflash.package.sparse.mapped import PieceSegments, fill_blocks, split_mapped
@@ -106,6 +107,29 @@ def test_a_sparse_file_cut_short_is_refused_before_a_piece(tmp_path: Path) -> No
     assert info.value.code == Code.MALFORMED_IMAGE and "truncated" in str(info.value)
     with pytest.raises(ZflashError) as info:
         list(split_mapped(path, 1 << 30))
+    assert info.value.code == Code.MALFORMED_IMAGE
+
+
+def test_an_image_with_crc_chunks_and_a_wide_chunk_header(tmp_path: Path) -> None:
+    """Every chunk type with a CRC32 chunk and an image checksum, and chunk headers wider
+    than 12 bytes: the same pieces as the streaming split (which checks the CRCs; the mapped
+    split relies on validation for that, and validation still reads such an image whole)."""
+    blob, _ = sample_image()
+    chunks, _ = sample_chunks(hdr=16)
+    wide = image(chunks, 64, 7, chs=16)
+    for name, data in (("crc.simg", blob), ("wide.simg", wide)):
+        path = tmp_path / name
+        path.write_bytes(data)
+        assert sparse.validate_sparse_file(path).expanded_size == 7 * 64
+        for limit in (sparse.min_split_size(64), 200, 1 << 20):
+            theirs = pieces_of(sparse.split_sparse(io.BytesIO(data), limit))
+            assert pieces_of(split_mapped(path, limit)) == theirs
+    bad = bytearray(blob)
+    bad[28 + 12] ^= 1  # a byte of the first RAW chunk's data: the image checksum fails
+    path = tmp_path / "bad-crc.simg"
+    path.write_bytes(bytes(bad))
+    with pytest.raises(ZflashError) as info:
+        sparse.validate_sparse_file(path)
     assert info.value.code == Code.MALFORMED_IMAGE
 
 
