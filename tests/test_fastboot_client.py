@@ -248,6 +248,31 @@ def test_the_fastboot_cli_imports_the_host_side_only(served: tuple[EmulatedDevic
     assert partition_sha256(device, "system", "a") == padded_sha256(split, 4 << 20)
 
 
+def test_a_file_that_cannot_be_mapped_is_split_by_streaming(
+        served: tuple[EmulatedDevice, FastbootTcpServer], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system that cannot map files (mmap fails with ENODEV): the split falls back to
+    the streaming splitter, and the partition still holds the image."""
+    import errno
+    import mmap
+    import types
+    import zflash.package.sparse.mapped as mapped_module
+    refused = []
+
+    def no_map(*args: object, **kwargs: object) -> mmap.mmap:
+        refused.append(args)
+        raise OSError(errno.ENODEV, "No such device")
+
+    monkeypatch.setattr(mapped_module, "mmap", types.SimpleNamespace(
+        mmap=no_map, ACCESS_READ=mmap.ACCESS_READ, PAGESIZE=mmap.PAGESIZE))
+    device, server = served
+    image = make_image(tmp_path / "system.img", 3 << 20, seed=4, noise=6)  # over 1 MiB
+    with connect(server) as client:
+        assert client.flash("system", str(image)) == ["system_a"]
+    assert refused
+    assert partition_sha256(device, "system", "a") == padded_sha256(image, 4 << 20)
+
+
 @pytest.mark.parametrize("limit", [256 << 20, 32 << 20], ids=["one-download", "split"])
 def test_a_flash_keeps_the_hosts_memory_flat(tmp_path: Path, limit: int) -> None:
     """An image is sent from a map of the file, within the limit or split (D208): the

@@ -19,21 +19,21 @@ from __future__ import annotations
 import bisect
 import mmap
 import os
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from zflash.errors import Code, ZflashError
 from zflash.package.pages import release_pages
 from zflash.package.sparse.format import _U32_MAX, ChunkType, _malformed, is_sparse
 from zflash.package.sparse.reader import SparseReader
 from zflash.package.sparse.split import (
-    Source,
     SparsePiece,
     _check_split_size,
-    _opened,
+    _open_path,
     _pack,
+    _raw_blocks,
     _sparse_runs,
 )
-from zflash.package.sparse.writer import _block_pattern, _bytes_reader, _check_block_size, _Run
+from zflash.package.sparse.writer import _block_pattern, _bytes_reader, _Run
 
 #: blocks whose first and last words are compared in one step of the raw-image scan
 SCAN_BATCH = 4096
@@ -206,36 +206,48 @@ def _mapped_raw_runs(source: mmap.mmap, size: int, block_size: int) -> Iterator[
     yield from flush_fill()
 
 
-def split_mapped(source: Source, max_size: int, *, block_size: int = 4096
+def split_mapped(source: str | os.PathLike[str], max_size: int, *, block_size: int = 4096
                  ) -> Iterator[SparsePiece]:
     """``split_sparse`` for an image in a regular file: the same pieces, byte for byte,
     planned instead of written, each piece's ``file`` a :class:`PieceSegments` whose
     ``views`` come straight from a map of the image.
 
+    The file is opened and mapped here, before the first piece is asked for: an OSError
+    from the map (a file system that cannot map files) reaches the caller at once, which
+    can then split with ``split_sparse`` instead. A missing or unreadable file is 9003, an
+    empty one 9005.
+
     The sparse image's CRCs are not checked here: the caller validates the whole image
     first (``validate_sparse_file``, as the fastboot client does before any piece is
     sent), and this walk then reads only chunk headers."""
-    with _opened(source) as fileobj:
+    fileobj = _open_path(source)
+    try:
         size = os.fstat(fileobj.fileno()).st_size
         if not size:
             raise _malformed("the image is empty")
         mapped = mmap.mmap(fileobj.fileno(), 0, access=mmap.ACCESS_READ)
+    except BaseException:
+        fileobj.close()
+        raise
+    return _mapped_pieces(fileobj, mapped, size, max_size, block_size)
+
+
+def _mapped_pieces(fileobj: BinaryIO, mapped: mmap.mmap, size: int, max_size: int,
+                   block_size: int) -> Iterator[SparsePiece]:
+    """The pieces of an opened, mapped image; both are closed when the split ends."""
+    try:
+        if is_sparse(mapped[:4]):
+            reader = SparseReader(fileobj, check_crc=False)
+            _check_split_size(max_size, reader.block_size)
+            yield from _pack(_sparse_runs(reader, refer=True), reader.block_size,
+                             reader.total_blocks, max_size, lambda: PieceSegments(mapped))
+            return
+        total = _raw_blocks(max_size, block_size, size)
+        yield from _pack(_mapped_raw_runs(mapped, size, block_size), block_size, total,
+                         max_size, lambda: PieceSegments(mapped))
+    finally:
+        fileobj.close()
         try:
-            if is_sparse(mapped[:4]):
-                reader = SparseReader(fileobj, check_crc=False)
-                _check_split_size(max_size, reader.block_size)
-                yield from _pack(_sparse_runs(reader, refer=True), reader.block_size,
-                                 reader.total_blocks, max_size, lambda: PieceSegments(mapped))
-                return
-            _check_block_size(block_size)
-            _check_split_size(max_size, block_size)
-            total = -(-size // block_size)
-            if total > _U32_MAX:
-                raise _malformed(f"raw image of {size} bytes has more than 2^32-1 blocks")
-            yield from _pack(_mapped_raw_runs(mapped, size, block_size), block_size, total,
-                             max_size, lambda: PieceSegments(mapped))
-        finally:
-            try:
-                mapped.close()
-            except BufferError:
-                pass  # a traceback still holds a view of it; unmapped by the GC
+            mapped.close()
+        except BufferError:
+            pass  # a traceback still holds a view of it; unmapped by the GC

@@ -188,12 +188,16 @@ def _opened(source: Source) -> Iterator[BinaryIO]:
     if not isinstance(source, (str, os.PathLike)):
         yield source
         return
-    try:
-        fileobj = open(source, "rb")
-    except OSError as exc:
-        raise ZflashError(Code.FILE_UNREADABLE, f"{source}: {exc.strerror}") from None
-    with fileobj:
+    with _open_path(source) as fileobj:
         yield fileobj
+
+
+def _open_path(path: str | os.PathLike[str]) -> BinaryIO:
+    """An image file opened for reading; 9003 if it cannot be."""
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise ZflashError(Code.FILE_UNREADABLE, f"{path}: {exc.strerror}") from None
 
 
 def _check_split_size(max_size: int, block_size: int) -> None:
@@ -201,6 +205,17 @@ def _check_split_size(max_size: int, block_size: int) -> None:
     if not isinstance(max_size, int) or max_size < need:
         raise ZflashError(Code.USAGE, f"download size limit {max_size!r} is too small for one "
                                       f"{block_size}-byte block with headers (need {need})")
+
+
+def _raw_blocks(max_size: int, block_size: int, raw_size: int) -> int:
+    """The block count of a raw image to split, after the checks every split makes of its
+    arguments (a usable block size, room for one block, at most 2^32-1 blocks)."""
+    _check_block_size(block_size)
+    _check_split_size(max_size, block_size)
+    total = -(-raw_size // block_size)
+    if total > _U32_MAX:
+        raise _malformed(f"raw image of {raw_size} bytes has more than 2^32-1 blocks")
+    return total
 
 
 def split_sparse(source: Source, max_size: int, *, block_size: int = 4096,
@@ -229,11 +244,8 @@ def split_sparse(source: Source, max_size: int, *, block_size: int = 4096,
             yield from _pack(_sparse_runs(reader), reader.block_size, reader.total_blocks,
                              max_size)
             return
-        _check_block_size(block_size)
-        _check_split_size(max_size, block_size)
+        _check_block_size(block_size)  # before a stream's size is asked for
         raw_size = _raw_size(fileobj, size)
-        total = -(-raw_size // block_size)
-        if total > _U32_MAX:
-            raise _malformed(f"raw image of {raw_size} bytes has more than 2^32-1 blocks")
+        total = _raw_blocks(max_size, block_size, raw_size)
         blocks = _RawBlocks(fileobj, block_size, raw_size)
         yield from _pack(_raw_runs(iter(blocks), block_size, False), block_size, total, max_size)

@@ -545,10 +545,14 @@ def _map(source: BinaryIO, size: int) -> mmap.mmap | None:
 
 def _split(path: Path, limit: int) -> Iterator[Any]:
     """The image's sparse pieces: planned over a map of a regular file (no copy, no temp
-    file, D208), else written by the streaming splitter (a pipe, a device node)."""
+    file, D208), else written by the streaming splitter (a pipe, a device node, a file
+    system that cannot map files)."""
     if path.is_file():
         from zflash.package.sparse.mapped import split_mapped
-        return split_mapped(path, limit)
+        try:
+            return split_mapped(path, limit)
+        except OSError:
+            pass  # cannot be mapped: streamed, as from a pipe
     from zflash.package.sparse import split_sparse
     return split_sparse(path, limit)
 
