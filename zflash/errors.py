@@ -209,6 +209,11 @@ _CAUSE_ROWS: tuple[tuple[Code, str, str, str], ...] = (
      "Redownload firmware; file corrupted."),
     (Code.SIGNATURE, "blocks", "An image block does not match its signed hash",
      "Redownload firmware; file corrupted."),
+    (Code.SIGNATURE, "changed",
+     "The package file was written to while it was being flashed, so what was sent may "
+     "not be what was signed",
+     "Let whatever writes the file (a download, a copy, a sync) finish, then flash again; "
+     "the device still runs its current slot."),
     (Code.COMPATIBILITY, "product", "The package is for another product",
      "Use the package built for this product (`zflash info` shows the device's product)."),
     (Code.COMPATIBILITY, "hardware_revision",

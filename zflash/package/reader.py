@@ -217,6 +217,10 @@ class Package:
         else:
             self.path = Path(getattr(source, "name", "<stream>"))
             self._file, self._owns_file = source, False
+        #: what the file was when opened: a sender reads it again after its blocks were
+        #: checked, so ``ensure_unchanged`` compares before those bytes go where no one
+        #: checks them (D211)
+        self._identity = _file_identity(self._file)
         try:
             self._file.seek(0, os.SEEK_END)
             size = self._file.tell()
@@ -243,6 +247,20 @@ class Package:
                 pass  # a view of it is still held (a traceback): unmapped by the GC
         if self._owns_file:
             self._file.close()
+
+    def ensure_unchanged(self) -> None:
+        """Raise unless the file is as it was opened (same inode, size, mtime and ctime).
+
+        Why: the blocks were checked against the signed table from one read of the file,
+        and a sender reads them again (a map or a pread) to send them. A device that checks
+        nothing itself (fastboot, EDL) would write whatever a concurrent writer put there.
+        Called after such a read and before its bytes are written, it refuses any change
+        made before the read (D211)."""
+        if self._identity is not None and _file_identity(self._file) != self._identity:
+            raise ZflashError(Code.SIGNATURE, f"{self.path}: the package file changed while "
+                                              "it was being flashed; nothing read from it "
+                                              "after the change was written",
+                              cause="changed")
 
     def stored_view(self, start: int, length: int) -> memoryview:
         """``length`` stored bytes from payload offset ``start``, as a view of a read-only
@@ -325,6 +343,17 @@ class Package:
                 raise ZflashError(Code.SIGNATURE, f"partition {part.name}: image SHA-256 does "
                                                   "not match the signed manifest", cause="blocks")
         return signers
+
+
+def _file_identity(file: BinaryIO) -> tuple[int, ...] | None:
+    """(device, inode, size, mtime, ctime) of an open file; None for one without a file
+    descriptor (a stream in memory cannot be changed behind the reader's back). Every write
+    sets ctime, and no user can set it back."""
+    try:
+        st = os.fstat(file.fileno())
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is an OSError
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 class _BackgroundHasher:

@@ -313,10 +313,19 @@ class PartitionBlocks:
         """Return only when every block of the package has checked out against the signed
         table (else raise the refusal). A back-end whose sends are staged, not written
         (``Capabilities.stages_downloads``), calls it before its first write command; for
-        every other back-end the blocks were checked before it was called, and it is a
-        no-op."""
+        every other back-end the blocks were checked before it was called.
+
+        Either way it also refuses if the package file changed since it was opened: what
+        was downloaded was read from the file again, after its blocks were checked (D211)."""
         if self._gate is not None:
             self._gate()
+        self.ensure_unchanged()
+
+    def ensure_unchanged(self) -> None:
+        """Raise (9012, cause ``changed``) if the package file changed since it was opened.
+        A back-end that writes as it streams, to a device that checks nothing, calls it
+        after reading each chunk and before sending it: the chunk is then as checked."""
+        self.package.ensure_unchanged()
 
     def _needs_check(self, index: int) -> bool:
         return self.checked is not None and index not in self.checked

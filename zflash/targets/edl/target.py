@@ -485,14 +485,19 @@ def _runs(table: Sequence, skip: Container[int], erase: bool) -> Iterator[tuple[
 def _chunks(blocks: PartitionBlocks, first: int, count: int, sector: int,
             payload: int) -> Iterator[bytes]:
     """The run's raw blocks (each checked against the signed table once, see
-    ``targets.blocks``) as payload-sized chunks, the last sector zero-padded."""
+    ``targets.blocks``) as payload-sized chunks, the last sector zero-padded. Each chunk is
+    read from the package again, after the check, so it goes out only if the package file
+    is unchanged since then (the programmer writes whatever it is sent, D211)."""
     buffer = bytearray()
     for block in range(first, first + count):
         buffer += blocks.raw_at(block)
         while len(buffer) >= payload:
+            blocks.ensure_unchanged()
             yield bytes(buffer[:payload])
             del buffer[:payload]
     buffer += bytes(-len(buffer) % sector)
+    if buffer:
+        blocks.ensure_unchanged()
     while buffer:
         yield bytes(buffer[:payload])
         del buffer[:payload]
