@@ -170,20 +170,33 @@ def test_edl_sends_no_chunk_read_after_the_package_changed(
     assert names[0] == "boot" and names[-1] == "modem"
     device = EdlDevice(tmp_path / "edl")
     modem = lun_partition(device, "modem")
-    _BUS = EmulatedUsbBackend([usb_device(device)])
+    usb = usb_device(device)
+    _BUS = EmulatedUsbBackend([usb])
     monkeypatch.setenv("ZFLASH_USB_BACKEND", f"{__name__}:backend")
     events: list[dict[str, Any]] = []
     emit = changing_on(lambda e: e.get("event") == "verified",
                        lambda: flip_last_block(package, "modem"), events)
+    good = SAMPLES / "edl" / "zx-demo-edl-1.1.0.zpk"
     try:
         with pytest.raises(ZflashError) as refused:
             flash("usb://05c6:9008", package, trust(), FlashOptions(), emit)
+        assert refused.value.code == Code.SIGNATURE and refused.value.cause == "changed"
+        started = [e["partition"] for e in events if e["event"] == "partition_started"]
+        assert started == names[:2]  # the second partition's first chunk was refused
+        assert [e["partition"] for e in events if e["event"] == "verified"] == names[:1]
+        assert "slot_switched" not in [e["event"] for e in events]
+        assert lun_partition(device, "modem") == modem and device.boots == []
+        # the programmer was left idle between commands; like a real one after an aborted
+        # session it answers a new host only once replugged (REFERENCE-EDL: qdl#184), and
+        # then the unchanged package flashes and boots
+        usb.unplug()  # type: ignore[attr-defined]
+        usb.plug()  # type: ignore[attr-defined]
+        summary = flash("usb://05c6:9008", good, trust(), FlashOptions(), lambda e: None)
     finally:
         _BUS.shutdown()
         _BUS = None
-    assert refused.value.code == Code.SIGNATURE and refused.value.cause == "changed"
-    started = [e["partition"] for e in events if e["event"] == "partition_started"]
-    assert started == names[:2]  # the second partition's first chunk was refused
-    assert [e["partition"] for e in events if e["event"] == "verified"] == names[:1]
-    assert "slot_switched" not in [e["event"] for e in events]
-    assert lun_partition(device, "modem") == modem and device.boots == []
+    assert summary.slot == "b" and summary.rebooted
+    image = (SAMPLES / "images" / "edl-1.1.0" / "modem.img").read_bytes()
+    assert lun_partition(device, "modem")[:len(image)] == image
+    assert device.wait_sessions(2) and device.boots[-1] == {"booted_slot": "b",
+                                                             "fell_back": False}

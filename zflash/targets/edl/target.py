@@ -320,6 +320,9 @@ class EdlTarget(Target):
             if kind == "zero":
                 fh.run(fh.engine.erase(place.lun, size, start, sectors)).check()
             else:
+                # a change seen here ends the job between commands, with the programmer
+                # idle; seen by _chunks, it ends it in the middle of a <program> (D211)
+                blocks.ensure_unchanged()
                 chunks = _chunks(blocks, first, count, size, fh.engine.payload_to_target)
                 fh.run(fh.engine.program(place.lun, start, sectors, size),
                        data=chunks).check()
