@@ -12,14 +12,14 @@ from typing import Any, Callable
 
 import pytest
 
-from conftest import SAMPLES, SIGNING_KEY, SIGNING_PUB
+from conftest import SIGNING_KEY, SIGNING_PUB
 from emulator_helpers import demo_profile
-from zflash.emulator.edl_disk import LunFiles
-from zflash.emulator.edl_server import EdlDevice, usb_device
+from test_edl_e2e import GOOD as EDL_GOOD
+from test_edl_e2e import IMAGES as EDL_IMAGES
+from test_edl_e2e import USB_URL, assert_flashed_and_booted, edl_usb, partition_sha  # noqa: F401
 from zflash.emulator.fastboot_server import FastbootOptions
 from zflash.emulator.runner import EmulatorRunner
 from zflash.emulator.storage import PartitionSpec
-from zflash.emulator.usb_backend import EmulatedUsbBackend
 from zflash.errors import Code, ZflashError
 from zflash.flash import FlashOptions, flash
 from zflash.package import keys as keymod
@@ -95,7 +95,7 @@ def test_an_untouched_package_is_unchanged_and_a_written_one_is_refused(tmp_path
     assert refused.value.info.fix.startswith("Let whatever writes the file")
 
 
-def test_a_package_grown_or_touched_is_refused_and_one_in_memory_is_never(
+def test_a_package_grown_is_refused_and_one_in_memory_never_is(
         tmp_path: Path) -> None:
     package = raw_package(tmp_path)
     with Package(package) as pkg:
@@ -133,70 +133,36 @@ def test_fastboot_refuses_a_package_changed_after_its_blocks_checked_out(
 
 # --- EDL: the programmer writes as it is sent ----------------------------------------------
 
-_BUS: EmulatedUsbBackend | None = None
-
-
-def backend() -> EmulatedUsbBackend:
-    """The ZFLASH_USB_BACKEND hook."""
-    assert _BUS is not None
-    return _BUS
-
-
-def lun_partition(device: EdlDevice, name: str) -> bytes:
-    """A partition's sectors as the emulated device holds them."""
-    storage = LunFiles(device.root, device.profile.sector_size)
-    try:
-        for lun in range(storage.lun_count):
-            part = storage.gpt(lun).get(name)
-            if part is not None:
-                return storage.read(lun, part.first_lba, part.sectors)
-    finally:
-        storage.close()
-    raise AssertionError(f"no partition {name}")
-
-
-def test_edl_sends_no_chunk_read_after_the_package_changed(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_edl_sends_no_chunk_read_after_the_package_changed(tmp_path: Path, edl_usb) -> None:
     """The EDL sample's partitions are written one after the other (boot, system, vendor,
     vbmeta, then modem, which has no second slot), each read from the package again after
     the check. The modem's block changes once boot is written: before this decision the
     changed modem was written in place, and only the read-back after it said so."""
-    global _BUS
+    device, usb = edl_usb
     package = tmp_path / "edl.zpk"
-    package.write_bytes((SAMPLES / "edl" / "zx-demo-edl-1.1.0.zpk").read_bytes())
+    package.write_bytes(EDL_GOOD.read_bytes())
     os.utime(package, ns=(LONG_AGO_NS, LONG_AGO_NS))
     with Package(package) as pkg:
         names = [p.name for p in pkg.manifest.partitions]
     assert names[0] == "boot" and names[-1] == "modem"
-    device = EdlDevice(tmp_path / "edl")
-    modem = lun_partition(device, "modem")
-    usb = usb_device(device)
-    _BUS = EmulatedUsbBackend([usb])
-    monkeypatch.setenv("ZFLASH_USB_BACKEND", f"{__name__}:backend")
+    modem_size = (EDL_IMAGES / "modem.img").stat().st_size
+    modem = partition_sha(device, "modem", modem_size)
     events: list[dict[str, Any]] = []
     emit = changing_on(lambda e: e.get("event") == "verified",
                        lambda: flip_last_block(package, "modem"), events)
-    good = SAMPLES / "edl" / "zx-demo-edl-1.1.0.zpk"
-    try:
-        with pytest.raises(ZflashError) as refused:
-            flash("usb://05c6:9008", package, trust(), FlashOptions(), emit)
-        assert refused.value.code == Code.SIGNATURE and refused.value.cause == "changed"
-        started = [e["partition"] for e in events if e["event"] == "partition_started"]
-        assert started == names[:2]  # the second partition's first chunk was refused
-        assert [e["partition"] for e in events if e["event"] == "verified"] == names[:1]
-        assert "slot_switched" not in [e["event"] for e in events]
-        assert lun_partition(device, "modem") == modem and device.boots == []
-        # the programmer was left idle between commands; like a real one after an aborted
-        # session it answers a new host only once replugged (REFERENCE-EDL: qdl#184), and
-        # then the unchanged package flashes and boots
-        usb.unplug()  # type: ignore[attr-defined]
-        usb.plug()  # type: ignore[attr-defined]
-        summary = flash("usb://05c6:9008", good, trust(), FlashOptions(), lambda e: None)
-    finally:
-        _BUS.shutdown()
-        _BUS = None
+    with pytest.raises(ZflashError) as refused:
+        flash(USB_URL, package, trust(), FlashOptions(), emit)
+    assert refused.value.code == Code.SIGNATURE and refused.value.cause == "changed"
+    started = [e["partition"] for e in events if e["event"] == "partition_started"]
+    assert started == names[:2]  # the second partition's first chunk was refused
+    assert [e["partition"] for e in events if e["event"] == "verified"] == names[:1]
+    assert "slot_switched" not in [e["event"] for e in events]
+    assert partition_sha(device, "modem", modem_size) == modem and device.boots == []
+    # the programmer was left idle between commands; like a real one after an aborted
+    # session it answers a new host only once replugged (REFERENCE-EDL: qdl#184), and then
+    # the unchanged package flashes and boots
+    usb.unplug()
+    usb.plug()
+    summary = flash(USB_URL, EDL_GOOD, trust(), FlashOptions(), lambda e: None)
     assert summary.slot == "b" and summary.rebooted
-    image = (SAMPLES / "images" / "edl-1.1.0" / "modem.img").read_bytes()
-    assert lun_partition(device, "modem")[:len(image)] == image
-    assert device.wait_sessions(2) and device.boots[-1] == {"booted_slot": "b",
-                                                             "fell_back": False}
+    assert_flashed_and_booted(device, sessions=2)
