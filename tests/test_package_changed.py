@@ -158,11 +158,8 @@ def test_edl_sends_no_chunk_read_after_the_package_changed(tmp_path: Path, edl_u
     assert [e["partition"] for e in events if e["event"] == "verified"] == names[:1]
     assert "slot_switched" not in [e["event"] for e in events]
     assert partition_sha(device, "modem", modem_size) == modem and device.boots == []
-    # the programmer was left idle between commands; like a real one after an aborted
-    # session it answers a new host only once replugged (REFERENCE-EDL: qdl#184), and then
-    # the unchanged package flashes and boots
-    usb.unplug()
-    usb.plug()
+    # the programmer was left idle between commands: the next host resets it to EDL
+    # (D212), and the unchanged package flashes and boots
     summary = flash(USB_URL, EDL_GOOD, trust(), FlashOptions(), lambda e: None)
     assert summary.slot == "b" and summary.rebooted
     assert_flashed_and_booted(device, sessions=2)

@@ -214,6 +214,11 @@ _CAUSE_ROWS: tuple[tuple[Code, str, str, str], ...] = (
      "not be what was signed",
      "Let whatever writes the file (a download, a copy, a sync) finish, then flash again; "
      "the device still runs its current slot."),
+    (Code.TIMEOUT, "edl_silent",
+     "The EDL device sends no Sahara HELLO and no Firehose programmer answers: its boot ROM "
+     "is stuck after an aborted session",
+     "Unplug the device (on a phone: hold power until it is off), enter EDL again, plug it "
+     "in and flash again; nothing was written."),
     (Code.COMPATIBILITY, "product", "The package is for another product",
      "Use the package built for this product (`zflash info` shows the device's product)."),
     (Code.COMPATIBILITY, "hardware_revision",

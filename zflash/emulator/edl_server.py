@@ -9,7 +9,10 @@ trusts (a wrong image is refused with IMAGE_AUTH_FAILURE, as a secure-boot PBL d
 the Firehose ``Programmer`` over the LUN files. ``<power value="reset">`` ends the session
 and boots: the active slot if its vbmeta rollback index is not below the stored one, else
 (or when told to fail) the other slot; the stored index is raised only after a successful
-boot (AVB).
+boot (AVB). ``<power value="edl">`` ends it too, and the USB device comes back on the bus
+in EDL, its boot ROM starting over (``last_power`` tells ``usb_device`` to re-plug). A host
+that only closes its handle ends nothing: the programmer keeps running, silent, as on a
+real device (REFERENCE-EDL 2).
 
 Quirks (REFERENCE-EDL): ``logs_after_response`` (MSM8916's late logs) and ``pending_done``
 (MSM8916's DONE_RESP "pending" for a single image).
@@ -44,6 +47,7 @@ STATUS_INVALID_ELF_HDR = 0x14
 STATUS_IMAGE_AUTH_FAILURE = 0x25
 READ_SIZE = (1 << 20) + 4096
 RESET_DELAY = 0.2
+REENUMERATE_DELAY = 0.3  # seconds off the bus before a device reset to EDL is back
 
 
 @dataclass
@@ -73,6 +77,8 @@ class EdlDevice:
         self.programmer_loads = 0
         self.ended = threading.Condition()
         self.sessions_ended = 0
+        #: the power value the last session ended with (None: the host left, or power died)
+        self.last_power: str | None = None
         #: ``--power-loss``: where the power dies (None: it never does)
         self.power = power
         self.power_lost = threading.Event()
@@ -99,6 +105,7 @@ class EdlDevice:
         """One session: Sahara, then Firehose until the host resets the device or leaves."""
         with self.lock:
             self.sessions += 1
+            self.last_power = None
             storage = self.open_storage()
             try:
                 _Session(self, link, storage).run()
@@ -299,6 +306,7 @@ class _Session:
                 self.link.write(packet)
             request = programmer.power_request
             if request is not None:
+                self.device.last_power = request
                 if request == "reset":
                     self.device.boot(self.storage)
                 time.sleep(RESET_DELAY)  # the ACK reaches the host before the device goes
@@ -318,6 +326,10 @@ def usb_device(device: EdlDevice, port_path: str = "1-4", speed: str = "high",
             device.serve(wrap(link) if wrap else link)
         except PowerLoss:
             usb.unplug()  # a dead device is off the bus; ``plug()`` powers it up again
+            return
+        if device.last_power == "edl":  # reset to EDL: off the bus (link.close), then back
+            time.sleep(REENUMERATE_DELAY)
+            usb.plug()
 
     serial = f"{device.profile.serial:08X}"
     usb = EmulatedUsbDevice("", port_path, protocol="edl", speed=speed, vid=QUALCOMM_VID,

@@ -3,8 +3,10 @@
 Over USB every Sahara packet is one bulk transfer (a real PBL rejects a packet split over
 two). On the COM variant (a byte stream, REFERENCE-EDL 1) the QDLoader driver may swallow the
 device's HELLO, so when none arrives within HELLO_WAIT the host speaks first with an
-unsolicited HELLO_RESP, as qdl does. A leading ``<?xml`` means a programmer already runs:
-Sahara is skipped and the ids stay unknown.
+unsolicited HELLO_RESP, as qdl does. Over USB the HELLO waits in the device's IN endpoint,
+so no HELLO within HELLO_WAIT_USB means no boot ROM is talking: ``silent`` says so, and the
+target probes for a programmer an earlier session left running (D212). A leading ``<?xml``
+means a programmer already runs: Sahara is skipped and the ids stay unknown.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from zflash.protocol.sahara import (NEED_DATA, CmdReady, DoneResp, EndOfImage, E
 from zflash.transport.base import Transport
 
 HELLO_WAIT = 0.3  # seconds to wait for HELLO on a stream before speaking first
+HELLO_WAIT_USB = 1.0  # seconds of USB silence that mean no boot ROM talks (qdl's Sahara read)
 READ_SIZE = 1 << 16
 
 
@@ -39,6 +42,7 @@ class SaharaSession:
         self.transport, self.timeout = transport, timeout
         self.engine = HostEngine()
         self.firehose_running = False
+        self.silent = False  # USB: no HELLO came (a programmer may still run, D212)
         self.sent = 0
 
     def _write(self, data: bytes | memoryview) -> None:
@@ -64,11 +68,15 @@ class SaharaSession:
     # -- command mode -------------------------------------------------------------------------
     def read_ids(self) -> SaharaIds:
         """HELLO -> command mode -> serial, HW id (or chip id v3), key hash -> back to HELLO."""
+        stream = self.transport.is_stream
         try:
-            first = self._event(HELLO_WAIT if self.transport.is_stream else None)
+            first = self._event(HELLO_WAIT if stream else HELLO_WAIT_USB)
         except ZflashError as exc:
-            if exc.code != Code.TIMEOUT or not self.transport.is_stream:
+            if exc.code != Code.TIMEOUT:
                 raise
+            if not stream:
+                self.silent = True
+                return SaharaIds(None, None, None, None)
             first = None  # the COM driver swallowed the HELLO: speak first
         if isinstance(first, FirehoseRunning):
             self.firehose_running = True
@@ -114,8 +122,9 @@ class SaharaSession:
         A refused image is PROGRAMMER_REJECTED (9046) for an authentication status. A pending
         DONE_RESP (MSM8916) is accepted: the programmer's first XML then ends Sahara.
         """
-        if self.firehose_running:
-            return b""
+        if self.firehose_running:  # its first bytes, if it spoke before the host did
+            finished = self.engine.state is HostState.FINISHED
+            return self.engine.take_unparsed() if finished else b""
         self._write(self.engine.send_hello_resp(Mode.IMAGE_TX_PENDING))
         while True:
             event = self._event()

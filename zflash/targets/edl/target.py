@@ -14,6 +14,7 @@ and are kept), and does not say which slot booted (it leaves EDL on reset).
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import Callable, Container, Iterator, Sequence
 
@@ -32,11 +33,15 @@ from zflash.targets.edl.firehose_io import FirehoseSession
 from zflash.targets.edl.layout import DiskLayout, Place
 from zflash.targets.edl.sahara_io import SaharaIds, SaharaSession
 from zflash.transport.base import Transport
+from zflash.transport.open import open_transport
 
 MEMORIES = ("ufs", "emmc")  # tried in this order; a programmer NAKs the one it does not drive
 MAX_LUNS = 8
 MAX_LUN_BYTES = 1 << 50  # 1 PiB: a LUN claiming more is a lie (the largest UFS is ~1 TB)
 COPY_BYTES = 1 << 20  # one <read> / <program> pair when completing a slot
+NOP_WAIT = 2.0  # seconds a running programmer has to answer the <nop/> probe
+REENUMERATE_WAIT = 15.0  # seconds a device reset to EDL has to leave and come back
+OFF_BUS_POLL = 0.1
 
 
 class EdlTarget(Target):
@@ -64,11 +69,59 @@ class EdlTarget(Target):
     # ------------------------------------------------------------ connecting
     def connect(self) -> None:
         self.ids = self.sahara.read_ids()
+        if self.sahara.silent or self.sahara.firehose_running:
+            self._restart_in_edl()
         self.emit({"event": "connected", "url": self.url, "protocol": self.protocol,
                    "max_data": 0, "window": 1, "codecs": [], "baud": None})
 
     def close(self) -> None:
         self.transport.close()
+
+    def _restart_in_edl(self) -> None:
+        """A programmer an earlier session loaded still runs (it sends no HELLO): reset the
+        device to EDL, so the boot ROM starts over and Sahara reads the fused ids the checks
+        need (D212). A device that answers neither Sahara nor Firehose needs a replug."""
+        early = self.sahara.engine.take_unparsed() if self.sahara.firehose_running else b""
+        fh = FirehoseSession(self.transport, self.options.timeout, early)
+        try:
+            fh.run(fh.engine.nop(), timeout=NOP_WAIT)  # an ACK or a NAK: a programmer runs
+        except ZflashError as exc:
+            if exc.code not in (Code.TIMEOUT, Code.PROTOCOL):
+                raise
+            raise ZflashError(Code.TIMEOUT, f"{self.url}: the device sends no Sahara HELLO and "
+                                            f"no Firehose programmer answers <nop/> ({exc.detail})",
+                              cause="edl_silent") from None
+        self.emit({"event": "device_message", "kind": "info",
+                   "message": "a Firehose programmer from an earlier session is still running: "
+                              "resetting the device to EDL to read its fused ids"})
+        if not fh.run(fh.engine.power("edl")).ack:
+            self.sahara.firehose_running = True  # it will not reset: go on with ids unknown
+            return
+        self._wait_off_bus()
+        self.transport.close()
+        self.transport = open_transport(self.url, timeout=max(self.options.timeout,
+                                                              REENUMERATE_WAIT))
+        self.sahara = SaharaSession(self.transport, self.options.timeout)
+        self.ids = self.sahara.read_ids()
+        if self.sahara.silent:
+            raise ZflashError(Code.TIMEOUT, f"{self.url}: no Sahara HELLO after the reset to "
+                                            "EDL", cause="edl_silent")
+
+    def _wait_off_bus(self) -> None:
+        """Until the device that acknowledged the reset leaves (opening the URL before
+        would find it still there, about to vanish); late logs are read and dropped."""
+        deadline = time.monotonic() + REENUMERATE_WAIT
+        while time.monotonic() < deadline:
+            try:
+                self.transport.read(1 << 16, OFF_BUS_POLL)
+            except ZflashError as exc:
+                if exc.code == Code.LINK_LOST:
+                    return
+                if exc.code != Code.TIMEOUT:
+                    raise
+        raise ZflashError(Code.TIMEOUT, f"{self.url}: the programmer acknowledged the reset to "
+                                        f"EDL but the device stayed for {REENUMERATE_WAIT:g} s",
+                          cause="edl_silent")
 
     def _programmer(self, manifest: Manifest | None) -> bytes:
         if self.options.programmer:
