@@ -14,13 +14,17 @@ from typing import Any
 import pytest
 
 from test_edl_e2e import EDL, GOOD, USB_URL, assert_flashed_and_booted, edl_usb, lun_bytes  # noqa: F401
-from test_edl_e2e import trust
+from test_edl_e2e import edl_pty, trust  # noqa: F401
 from zflash.errors import Code, ZflashError, lookup
 from zflash.flash import FlashOptions, PreflightRefused, flash
 from zflash.protocol.firehose import programmer as programmer_module
+from zflash.targets.base import LinkOptions
+from zflash.targets.edl.target import EdlTarget
+from zflash.transport.open import open_transport
 from zflash.transport.usb import UsbTransport
 
 ROLLBACK = EDL / "zx-demo-edl-1.0.0-rollback.zpk"
+PROGRAMMER = EDL / "prog_firehose_zx-demo-TEST-ONLY.elf"
 
 
 def infos(events: list[dict[str, Any]]) -> list[str]:
@@ -92,3 +96,29 @@ def test_a_boot_rom_left_mid_sahara_is_reported_with_its_fix(edl_usb) -> None:
     usb.plug()
     flash(USB_URL, GOOD, trust(), FlashOptions(), lambda e: None)
     assert_flashed_and_booted(device, sessions=2)
+
+
+def test_a_programmer_running_on_the_com_port_is_reset_to_edl(edl_pty) -> None:
+    """The COM variant: no HELLO comes (the driver may swallow it), so the host speaks first
+    with HELLO_RESP; the running programmer answers those bytes with a NAK, and the host
+    resets it to EDL and meets the boot ROM on the port opened again. (The emulated pty
+    device starts a new boot per connection, so the first host keeps its port open and the
+    second takes it over, as a new process would find the device.)"""
+    device, url, _ = edl_pty
+    options = LinkOptions(programmer=str(PROGRAMMER))
+    transport = open_transport(url, timeout=5)
+    first = EdlTarget(url, transport, options)
+    first.connect()
+    first.identify(None)
+    assert device.programmer_loads == 1
+    events: list[dict[str, Any]] = []
+    second = EdlTarget(url, transport, options, events.append)
+    try:
+        second.connect()
+        assert any("still running: resetting the device to EDL" in m for m in infos(events))
+        assert second.ids.hw_id == device.profile.hw_id and second.transport is not transport
+        identity = second.identify(None)
+        assert device.programmer_loads == 2 and device.sessions == 2
+        assert identity.facts.serial == f"{device.profile.serial:08x}"
+    finally:
+        second.close()

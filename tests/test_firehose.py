@@ -360,6 +360,20 @@ def test_device_nakks_malformed_and_entity_xml_and_goes_on() -> None:
     assert link.run(link.host.nop()).ack
 
 
+def test_device_nakks_bytes_that_are_not_xml_and_goes_on() -> None:
+    """A Sahara packet sent to a running programmer (a host that spoke first, D212) is
+    answered with a NAK; a document right after it, even split at its start, still runs."""
+    link = Link()
+    link.configure()
+    hello_resp = (2).to_bytes(4, "little") + (48).to_bytes(4, "little") + bytes(40)
+    link.device.receive_data(hello_resp + b"<?x")
+    out = list(link.device.data_to_send())
+    assert b'value="NAK"' in out[-1] and b"48 bytes that are not an XML document" in out[0]
+    link.device.receive_data(b'ml version="1.0" ?><data><nop /></data>')
+    assert b'value="ACK"' in list(link.device.data_to_send())[-1]
+    assert link.run(link.host.nop()).ack
+
+
 def test_device_refuses_an_oversized_document() -> None:
     device = fh.DeviceEngine()
     device.receive_data(b"<?xml version='1.0'?><data>" + b" " * 5000)

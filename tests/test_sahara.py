@@ -142,6 +142,22 @@ def test_firehose_already_running_instead_of_hello() -> None:
     assert host.next_event() == sh.FirehoseRunning()
 
 
+def test_firehose_answering_a_hello_resp_sent_first() -> None:
+    """The host spoke first (the COM driver may swallow HELLO); XML in answer means a
+    programmer runs (D212). Once a Sahara packet came, XML is a protocol error again."""
+    host = sh.HostEngine()
+    host.send_hello_resp(sh.Mode.COMMAND)
+    host.receive_data(b"<?xml version")
+    assert host.next_event() == sh.FirehoseRunning()
+    host = sh.HostEngine()
+    host.receive_data(sh.encode(sh.Hello(2, 1, 1024, 0)))
+    assert isinstance(host.next_event(), sh.Hello)
+    host.send_hello_resp(sh.Mode.COMMAND)
+    host.receive_data(b"<?xml version")
+    with pytest.raises(ZflashError, match="unknown command id"):
+        host.next_event()
+
+
 def test_command_mode_reads_every_id_and_switches_back() -> None:
     host, pbl = sh.HostEngine(), Pbl()
     todo = [ExecCmd.SERIAL_NUM_READ, ExecCmd.MSM_HW_ID_READ, ExecCmd.OEM_PK_HASH_READ,

@@ -68,6 +68,10 @@ class DeviceEngine:
             return ProgramData(data)
         if self.state is not DeviceState.COMMAND:
             return NEED_DATA
+        dropped = self._splitter.drop_garbage()
+        if dropped:
+            self.state = DeviceState.BUSY
+            return Malformed(f"{dropped} bytes that are not an XML document")
         doc = self._splitter.document()
         if doc is None:
             return NEED_DATA

@@ -111,6 +111,20 @@ class XmlSplitter:
         del buf[:end]
         return doc
 
+    def drop_garbage(self) -> int:
+        """Drop what cannot begin a document (bytes before the next ``<?xml``, keeping a tail
+        that may be its start); how many were dropped. The device uses it: a programmer
+        answers bytes that are not XML (a Sahara packet sent to it) with a NAK and goes on."""
+        buf = self._buf
+        at = buf.find(_START)
+        if at < 0:  # keep the longest tail that may still become "<?xml"
+            at = next(i for i in range(max(0, len(buf) - len(_START) + 1), len(buf) + 1)
+                      if _START.startswith(bytes(buf[i:])))
+        if not any(b not in _WHITESPACE for b in buf[:at]):
+            return 0  # nothing, or whitespace only: document() skips it
+        del buf[:at]
+        return at
+
     def raw(self, most: int) -> bytes:
         """Up to ``most`` buffered bytes of a raw data phase (maybe empty)."""
         out = bytes(self._buf[:most])

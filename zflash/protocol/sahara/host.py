@@ -116,6 +116,8 @@ class HostEngine:
         self.bytes_served = 0
         self._reader = PacketReader(DEVICE_TO_HOST, "device")
         self._exec: ExecuteResp | None = None
+        #: the host spoke first (no HELLO seen): a running programmer may answer with XML
+        self._unanswered = False
 
     # -- receiving --------------------------------------------------------------------------
     def receive_data(self, data: Buffer) -> None:
@@ -130,7 +132,7 @@ class HostEngine:
             return self._exec_data()
         if state is HostState.FINISHED or not len(self._reader):
             return NEED_DATA
-        if state in (HostState.WAIT_HELLO, HostState.IMAGE):
+        if state in (HostState.WAIT_HELLO, HostState.IMAGE) or self._unanswered:
             xml = self._reader.startswith(_XML)
             if xml is None:
                 return NEED_DATA
@@ -140,6 +142,7 @@ class HostEngine:
         packet = self._reader.packet()
         if packet is None:
             return NEED_DATA
+        self._unanswered = False
         return self._on_packet(packet)
 
     def _on_packet(self, packet: Packet) -> HostEvent:
@@ -221,6 +224,7 @@ class HostEngine:
             raise _misuse(f"HELLO_RESP while {self.state.value}")
         if mode not in (Mode.IMAGE_TX_PENDING, Mode.COMMAND, Mode.MEMORY_DEBUG):
             raise _misuse(f"HELLO_RESP mode {mode}")
+        self._unanswered = self.state is HostState.WAIT_HELLO
         self.state = {Mode.IMAGE_TX_PENDING: HostState.IMAGE, Mode.COMMAND: HostState.COMMAND,
                       Mode.MEMORY_DEBUG: HostState.WAIT_HELLO}[Mode(mode)]
         return encode(HelloResp(self.version, self.compatible, STATUS_SUCCESS, mode))

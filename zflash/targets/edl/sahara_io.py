@@ -56,7 +56,7 @@ class SaharaSession:
                 return event
             self.engine.receive_data(self.transport.read(READ_SIZE, timeout or self.timeout))
 
-    def _expect(self, kind: type, what: str) -> object:
+    def _expect(self, kind: type | tuple[type, ...], what: str) -> object:
         event = self._event()
         if isinstance(event, EndOfImage) and kind is not EndOfImage:
             raise end_of_image_error(event)
@@ -85,7 +85,10 @@ class SaharaSession:
             raise ZflashError(Code.PROTOCOL, f"Sahara: expected HELLO, got "
                                              f"{type(first).__name__}")
         self._write(self.engine.send_hello_resp(Mode.COMMAND))
-        self._expect(CmdReady, "CMD_READY")
+        if isinstance(self._expect((CmdReady, FirehoseRunning) if first is None else CmdReady,
+                                   "CMD_READY"), FirehoseRunning):
+            self.firehose_running = True  # spoke first, and a programmer NAKed those bytes
+            return SaharaIds(None, None, None, None)
         serial = self._execute(ExecCmd.SERIAL_NUM_READ)
         hw = self._execute(ExecCmd.MSM_HW_ID_READ)
         hw_id = decode_hw_id(hw).hex if hw is not None else None

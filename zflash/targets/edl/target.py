@@ -25,7 +25,7 @@ from zflash.errors import Code, ZflashError
 from zflash.facts import DeviceFacts
 from zflash.package.format import KIND_ZERO, Manifest, PartitionEntry, block_length
 from zflash.package.reader import Package, decode_block
-from zflash.protocol.firehose import storage_info
+from zflash.protocol.firehose import QUIET_PERIOD, storage_info
 from zflash.targets.base import (BootReport, Capabilities, Emit, Identity, LinkOptions, Progress,
                                  Target, UpdateStart, Verification, Written)
 from zflash.targets.blocks import PartitionBlocks
@@ -81,8 +81,12 @@ class EdlTarget(Target):
         """A programmer an earlier session loaded still runs (it sends no HELLO): reset the
         device to EDL, so the boot ROM starts over and Sahara reads the fused ids the checks
         need (D212). A device that answers neither Sahara nor Firehose needs a replug."""
-        early = self.sahara.engine.take_unparsed() if self.sahara.firehose_running else b""
-        fh = FirehoseSession(self.transport, self.options.timeout, early)
+        if self.sahara.firehose_running:
+            # what it sent unasked (start-up logs, or on a stream its NAK to the HELLO_RESP
+            # the host spoke first with) belongs to no command: dropped, until it is quiet
+            self.sahara.engine.take_unparsed()
+            self._discard_until_quiet()
+        fh = FirehoseSession(self.transport, self.options.timeout)
         try:
             fh.run(fh.engine.nop(), timeout=NOP_WAIT)  # an ACK or a NAK: a programmer runs
         except ZflashError as exc:
@@ -106,6 +110,16 @@ class EdlTarget(Target):
         if self.sahara.silent:
             raise ZflashError(Code.TIMEOUT, f"{self.url}: no Sahara HELLO after the reset to "
                                             "EDL", cause="edl_silent")
+
+    def _discard_until_quiet(self) -> None:
+        deadline = time.monotonic() + REENUMERATE_WAIT
+        while time.monotonic() < deadline:
+            try:
+                self.transport.read(1 << 16, QUIET_PERIOD)
+            except ZflashError as exc:
+                if exc.code == Code.TIMEOUT:
+                    return
+                raise
 
     def _wait_off_bus(self) -> None:
         """Until the device that acknowledged the reset leaves (opening the URL before
