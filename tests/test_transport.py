@@ -146,6 +146,15 @@ def test_bad_urls(url: str) -> None:
     assert "tcp://HOST:PORT" in info.value.detail  # names the accepted forms
 
 
+@pytest.mark.parametrize("url", ["edl+usb://", "fastboot+usb://1-2", "EDL+USB://05c6:9008"])
+def test_a_mode_in_a_usb_scheme_is_answered_with_the_usb_form(url: str) -> None:
+    """A technician who writes the mode into a USB URL learns that USB tells the mode."""
+    with pytest.raises(ZflashError) as info:
+        parse_device_url(url)
+    assert info.value.code == Code.BAD_DEVICE_URL
+    assert "usb://05c6:9008" in info.value.detail and "usb://VID:PID" in info.value.detail
+
+
 # ------------------------------------------------------------------------------ serial: pty
 
 @pytest.fixture

@@ -126,6 +126,11 @@ def parse_device_url(url: str) -> DeviceUrl:
         return _parse_tcp(url, text, scheme)
     if scheme == "usb":
         return _parse_usb(url, text)
+    if scheme in ("edl+usb", "fastboot+usb"):  # a guess a technician makes: say the real form
+        raise bad_url(url, f"unknown scheme {scheme + '://'!r}: over USB zflash tells the mode "
+                           "from the device itself; name it usb://VID:PID (a Qualcomm phone "
+                           "in EDL: usb://05c6:9008), usb://BUS-PORT, or usb:// if it is "
+                           "the only one")
     raise bad_url(url, f"unknown scheme {scheme + '://'!r}")
 
 
