@@ -112,30 +112,29 @@ class EdlTarget(Target):
                                             "EDL", cause="edl_silent")
 
     def _discard_until_quiet(self) -> None:
-        deadline = time.monotonic() + REENUMERATE_WAIT
-        while time.monotonic() < deadline:
-            try:
-                self.transport.read(1 << 16, QUIET_PERIOD)
-            except ZflashError as exc:
-                if exc.code == Code.TIMEOUT:
-                    return
-                raise
+        self._drain_until(Code.TIMEOUT, QUIET_PERIOD)
 
     def _wait_off_bus(self) -> None:
         """Until the device that acknowledged the reset leaves (opening the URL before
         would find it still there, about to vanish); late logs are read and dropped."""
+        if not self._drain_until(Code.LINK_LOST, OFF_BUS_POLL):
+            raise ZflashError(Code.TIMEOUT, f"{self.url}: the programmer acknowledged the reset "
+                                            f"to EDL but the device stayed for "
+                                            f"{REENUMERATE_WAIT:g} s", cause="edl_silent")
+
+    def _drain_until(self, until: Code, poll: float) -> bool:
+        """Read and drop what arrives until a read fails with ``until`` (True), for at most
+        REENUMERATE_WAIT (False); a read timeout while waiting for something else polls on."""
         deadline = time.monotonic() + REENUMERATE_WAIT
         while time.monotonic() < deadline:
             try:
-                self.transport.read(1 << 16, OFF_BUS_POLL)
+                self.transport.read(1 << 16, poll)
             except ZflashError as exc:
-                if exc.code == Code.LINK_LOST:
-                    return
+                if exc.code == until:
+                    return True
                 if exc.code != Code.TIMEOUT:
                     raise
-        raise ZflashError(Code.TIMEOUT, f"{self.url}: the programmer acknowledged the reset to "
-                                        f"EDL but the device stayed for {REENUMERATE_WAIT:g} s",
-                          cause="edl_silent")
+        return False
 
     def _programmer(self, manifest: Manifest | None) -> bytes:
         if self.options.programmer:
