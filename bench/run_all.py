@@ -9,10 +9,11 @@ Jobs (contenders alternate within each round; figures are medians of N rounds):
   * `zflash --help` and `zflash errors 9012` start-up vs `python -c pass`.
 A re-flash row also gives its bound: the full flash over the time of a Python process that
 only imports what any re-flash imports (IMPORT_FLOOR), the best ratio a Python CLI could
-reach on this machine that day. Each row has the peak RSS of the host process (zflash or the peer) and of the device (the
-`zflash emulate` process, VmHWM). zflash runs through its CLI, as processes. The table is
-printed, and written to bench/results.md; `--readme-only` copies results.md into the
-README's performance section (between the bench markers) without running anything.
+reach on this machine that day. Each row has the peak RSS of the host process (zflash or
+the peer) and of the device (the `zflash emulate` process, VmHWM). zflash runs through its
+CLI, as processes. The table is printed, and written to bench/results.md; `--readme-only`
+copies results.md into the README's performance section (between the bench markers)
+without running anything.
 
     python bench/run_all.py              # full run (about 10 minutes on 2 cores)
     python bench/run_all.py --quick      # 1-minute smoke run: small images, one round
@@ -161,12 +162,13 @@ class Bench:
         shutil.rmtree(warm, ignore_errors=True)
         ratio = median(full_s) / median(re_s)
         job_ratio = median(full_job) / median(re_job) if median(re_job) else float("nan")
-        bound = median(full_s) / median(floor)  # the best ratio a Python re-flash could get
+        floor_s = median(floor)
+        bound = median(full_s) / floor_s  # the best ratio a Python re-flash could get
         return Row(job, f"{median(re_s):.2f} s (job {median(re_job) * 1000:.0f} ms, sent "
                         f"{median(sent) / MIB:.1f} MiB)",
                    f"{median(full_s):.2f} s full flash (job {median(full_job):.2f} s)",
                    f"{ratio:.1f}x (full / re-flash; jobs alone {job_ratio:.0f}x; "
-                   f"bound {bound:.0f}x: full / {median(floor) * 1000:.0f} ms import floor)",
+                   f"bound {bound:.0f}x: full / {floor_s * 1000:.0f} ms import floor)",
                    ">= 20x", _met(ratio >= 20), _mib(max(hosts)), _mib(max(devices)))
 
     def fastboot(self, kind: str, size: int, rounds: int) -> list[Row]:
